@@ -1,0 +1,44 @@
+"""repair-dist: permutation alignment, model merging and REPAIR, sharded with Ray.
+
+The public API (DESIGN.md §3). Science functions take plain modules and datasets; every pass
+over data accepts ``workers=N`` (N Ray actors) or an executor, default 1 (in process).
+"""
+
+from .data import BatchPlan, load_dataset
+from .merge import interpolate
+from .metrics import barriers, collapsed_filters, evaluate, interpolation_curve
+from .models import MODEL_NAMES, build_model
+from .perm import (
+    activation_matching,
+    alignment_statistics,
+    apply_permutation,
+    permutation_from_stats,
+    permutation_spec,
+    weight_matching,
+)
+from .repair import VARIANTS, endpoint_statistics, repair
+from .train import train_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODEL_NAMES",
+    "VARIANTS",
+    "BatchPlan",
+    "activation_matching",
+    "alignment_statistics",
+    "apply_permutation",
+    "barriers",
+    "build_model",
+    "collapsed_filters",
+    "endpoint_statistics",
+    "evaluate",
+    "interpolate",
+    "interpolation_curve",
+    "load_dataset",
+    "permutation_from_stats",
+    "permutation_spec",
+    "repair",
+    "train_model",
+    "weight_matching",
+]

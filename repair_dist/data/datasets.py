@@ -1,0 +1,408 @@
+"""Datasets by name, loaded offline and deterministically into torch Datasets.
+
+Every loader returns ``(train, test)``. Small and medium sets (digits, Fashion-MNIST, CIFAR-10,
+synthetic) come back as normalised in-memory :class:`~torch.utils.data.TensorDataset`s, so
+passes slice tensors directly (``BatchPlan``'s fast path) instead of going through a
+DataLoader; ImageNet is an ``ImageFolder`` because it does not fit in memory. Nothing here ever
+downloads: a missing dataset raises ``FileNotFoundError`` saying where it was looked for and
+how to get it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "imagenet", "synthetic")
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` installs the original (gzip'ed) idx files."""
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}
+
+Split = tuple[Dataset, Dataset]
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return key
+
+
+def _data_root(name: str, root: str | os.PathLike[str] | None) -> Path:
+    """``root`` if given, else ``$REPAIR_DIST_DATA/<name>`` (default ``~/data/<name>``)."""
+    if root is not None:
+        return Path(root).expanduser()
+    if name == "fashion-mnist":
+        return FASHION_MNIST_ROOT
+    base = os.environ.get("REPAIR_DIST_DATA", "~/data")
+    return Path(base).expanduser() / name
+
+
+def _standardise(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Subtract the TRAIN mean and divide by the TRAIN std (one scalar each): no test leakage."""
+    mean, std = train_x.mean(), train_x.std()
+    return [(t - mean) / std for t in (train_x, *others)]
+
+
+def _limit(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples (the files are already shuffled), or all of them."""
+    if n is None:
+        return x, y
+    if n < 1:
+        raise ValueError(f"limit must be >= 1 (got {n})")
+    return x[:n], y[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# digits
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images 0..16, labels) of scikit-learn's digits, read straight from the wheel's CSV.
+
+    Locating the file with ``find_spec`` avoids importing scikit-learn (about 1.5 s, paid in
+    every worker process); falls back to ``load_digits`` if the file moves.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        for base in spec.submodule_search_locations:
+            csv = Path(base) / "datasets" / "data" / "digits.csv.gz"
+            if csv.is_file():
+                data = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+                return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return np.asarray(bunch.images, np.float32), np.asarray(bunch.target, np.int64)
+
+
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) indices; each class gives ``round(test_fraction * n_c)`` to test.
+
+    Plain numpy with a seeded generator, so the split never changes with library versions.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1) (got {test_fraction})")
+    rng = np.random.default_rng(seed)
+    test: list[np.ndarray] = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        test.append(rng.permutation(members)[: round(test_fraction * len(members))])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+    return train_idx, test_idx
+
+
+def load_digits_data(*, split_seed: int = 0, test_fraction: float = 0.2) -> Split:
+    """scikit-learn's 8x8 digits (ships inside the wheel): stratified seeded 80/20 split."""
+    images, labels = _digits_arrays()
+    idx_train, idx_test = stratified_split(labels, test_fraction, split_seed)
+    x = torch.from_numpy(images / 16.0).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    x_train, x_test = _standardise(x[idx_train], x[idx_test])
+    return (
+        TensorDataset(x_train.contiguous(), y[idx_train].clone()),
+        TensorDataset(x_test.contiguous(), y[idx_test].clone()),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST (idx files)
+
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Parse one idx file (LeCun's MNIST format), gzip'ed or plain."""
+    path = Path(path)
+    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an idx file (bad magic number)")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    count = int(np.prod(shape)) if shape else 1
+    if len(raw) - offset < count * dtype.itemsize:
+        raise ValueError(f"{path} is truncated: header says {shape}")
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
+    return data.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+_FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    # Debian's layout first, then torchvision's (root/FashionMNIST/raw).
+    for folder in (root, root / "FashionMNIST" / "raw"):
+        for name in (stem + ".gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> Split:
+    """Fashion-MNIST from the original idx files (Debian ``dataset-fashion-mnist``)."""
+    folder = _data_root("fashion-mnist", root)
+    paths = {key: _find_idx(folder, stem) for key, stem in _FASHION_FILES.items()}
+    missing = [_FASHION_FILES[k] for k, p in paths.items() if p is None]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}[.gz]). "
+            "Install Debian's package dataset-fashion-mnist "
+            f"(`apt-get install dataset-fashion-mnist`, installs under {FASHION_MNIST_ROOT}) "
+            "or pass root= a directory holding the four idx files."
+        )
+    arrays = {key: read_idx(p) for key, p in paths.items()}  # type: ignore[arg-type]
+    x_train = torch.from_numpy(arrays["train_images"].astype(np.float32) / 255.0).unsqueeze(1)
+    x_test = torch.from_numpy(arrays["test_images"].astype(np.float32) / 255.0).unsqueeze(1)
+    y_train = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    y_test = torch.from_numpy(arrays["test_labels"].astype(np.int64))
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError(f"Fashion-MNIST in {folder}: image and label counts differ")
+    # Normalise with the statistics of the full train set, so limits do not shift inputs.
+    x_train, x_test = _standardise(x_train, x_test)
+    x_train, y_train = _limit(x_train, y_train, limit_train)
+    x_test, y_test = _limit(x_test, y_test, limit_test)
+    return (
+        TensorDataset(x_train.contiguous(), y_train.contiguous()),
+        TensorDataset(x_test.contiguous(), y_test.contiguous()),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 (torchvision's python pickles)
+
+_CIFAR_LAYOUT = "cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch}"
+
+
+def _cifar_folder(root: Path) -> Path | None:
+    for folder in (root / "cifar-10-batches-py", root):
+        if (folder / "test_batch").is_file() and (folder / "data_batch_1").is_file():
+            return folder
+    return None
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="bytes")  # local files, as torchvision does
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    return data, labels
+
+
+def load_cifar10(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> Split:
+    """CIFAR-10 from torchvision's pickles, per-channel normalised, as TensorDatasets.
+
+    Parsing the pickles directly (instead of ``torchvision.datasets.CIFAR10``) gives tensors
+    for the fast batch path and skips torchvision's md5 checks and per-item PIL conversion.
+    """
+    base = _data_root("cifar10", root)
+    folder = _cifar_folder(base)
+    if folder is None:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found under {base}: expected torchvision's layout "
+            f"{base}/{_CIFAR_LAYOUT} (the python version of the dataset). "
+            "Pass root= the directory that holds cifar-10-batches-py."
+        )
+    train_files = sorted(folder.glob("data_batch_*"), key=lambda p: p.name)
+    train_parts = [_read_cifar_batch(p) for p in train_files]
+    x_test_np, y_test_np = _read_cifar_batch(folder / "test_batch")
+    x_train_np = np.concatenate([d for d, _ in train_parts])
+    y_train_np = np.concatenate([t for _, t in train_parts])
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    x_train, y_train = _limit(
+        torch.from_numpy(x_train_np), torch.from_numpy(y_train_np), limit_train
+    )
+    x_test, y_test = _limit(torch.from_numpy(x_test_np), torch.from_numpy(y_test_np), limit_test)
+    x_train = (x_train.float() / 255.0 - mean) / std
+    x_test = (x_test.float() / 255.0 - mean) / std
+    return (
+        TensorDataset(x_train.contiguous(), y_train.contiguous()),
+        TensorDataset(x_test.contiguous(), y_test.contiguous()),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet (ImageFolder)
+
+
+def _has_class_dirs(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_dir() for p in folder.iterdir())
+
+
+def load_imagenet(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int = 224,
+    augment: bool = False,
+) -> Split:
+    """ImageFolder-style ``root/train`` and ``root/val``, standard transforms.
+
+    Without ``augment`` the train split uses the deterministic eval transform, which is what
+    statistics, recalibration and evaluation passes need; ``image_size`` keeps tests tiny.
+    """
+    from torchvision import datasets, transforms
+
+    base = _data_root("imagenet", root)
+    splits = {s: base / s for s in ("train", "val")}
+    bad = [str(p) for p in splits.values() if not _has_class_dirs(p)]
+    if bad:
+        raise FileNotFoundError(
+            f"ImageNet not found under {base}: missing or empty {', '.join(bad)}. Expected an "
+            "ImageFolder layout: <root>/train/<class>/<image> and <root>/val/<class>/<image>."
+        )
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    resize = max(image_size, round(image_size * 256 / 224))
+    eval_tf = transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    train_tf = eval_tf
+    if augment:
+        train_tf = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(image_size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
+    train = datasets.ImageFolder(str(splits["train"]), transform=train_tf)
+    test = datasets.ImageFolder(str(splits["val"]), transform=eval_tf)
+    if train.class_to_idx != test.class_to_idx:
+        raise ValueError(f"ImageNet under {base}: train/ and val/ hold different class folders")
+    return train, test
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic
+
+
+def load_synthetic(
+    *,
+    n_train: int = 2048,
+    n_test: int = 512,
+    shape: tuple[int, ...] = (3, 16, 16),
+    num_classes: int = 10,
+    seed: int = 0,
+    separation: float = 0.15,
+) -> Split:
+    """A Gaussian mixture of images: class-dependent means plus unit noise.
+
+    Learnable (the means differ by about ``separation * sqrt(2 * prod(shape))`` noise stds)
+    yet not trivially so, and generated from ``seed`` alone: tests and benchmarks that need
+    data of any shape use it without touching disk.
+    """
+    if n_train < 1 or n_test < 1 or num_classes < 2:
+        raise ValueError("synthetic data needs n_train, n_test >= 1 and num_classes >= 2")
+    shape = tuple(int(s) for s in shape)
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn((num_classes, *shape), generator=g) * separation
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        x = means[y] + torch.randn((n, *shape), generator=g)
+        return x, y
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    return TensorDataset(x_train, y_train), TensorDataset(x_test, y_test)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **opts: Any) -> Split:
+    """``(train, test)`` torch Datasets for ``name`` (one of :data:`DATASETS`), offline.
+
+    Options by dataset: digits ``split_seed``; fashion-mnist / cifar10 ``limit_train``,
+    ``limit_test``; imagenet ``image_size``, ``augment``; synthetic ``n_train``, ``n_test``,
+    ``shape``, ``num_classes``, ``seed``, ``separation``. ``root`` defaults to
+    ``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST and ``$REPAIR_DIST_DATA/<name>``
+    (``~/data/<name>``) for CIFAR-10 and ImageNet.
+    """
+    key = _canonical(name)
+    if key == "digits":
+        return load_digits_data(**opts)
+    if key == "synthetic":
+        return load_synthetic(**opts)
+    if key == "fashion-mnist":
+        return load_fashion_mnist(root, **opts)
+    if key == "cifar10":
+        return load_cifar10(root, **opts)
+    return load_imagenet(root, **opts)
+
+
+def dataset_info(name: str, root: str | os.PathLike[str] | None = None, **opts: Any) -> dict:
+    """``{"in_shape": ..., "num_classes": ...}`` for building a model, without loading data.
+
+    Accepts (and ignores) the loader options that do not change the answer, so a sweep can
+    pass the same options to both functions.
+    """
+    key = _canonical(name)
+    if key == "digits":
+        return {"in_shape": (1, 8, 8), "num_classes": 10}
+    if key == "fashion-mnist":
+        return {"in_shape": (1, 28, 28), "num_classes": 10}
+    if key == "cifar10":
+        return {"in_shape": (3, 32, 32), "num_classes": 10}
+    if key == "synthetic":
+        shape = tuple(int(s) for s in opts.get("shape", (3, 16, 16)))
+        return {"in_shape": shape, "num_classes": int(opts.get("num_classes", 10))}
+    size = int(opts.get("image_size", 224))
+    train_dir = _data_root("imagenet", root) / "train"
+    classes = (
+        sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 0
+    ) or 1000
+    return {"in_shape": (3, size, size), "num_classes": classes}

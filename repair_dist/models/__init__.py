@@ -1,0 +1,72 @@
+"""Model registry: ``build_model(name, **cfg)``; every built net remembers its config.
+
+``net.config`` is a flat JSON-serialisable dict ``{"name": ..., <every constructor argument,
+defaults filled in>}``, so ``build_model(**net.config)`` rebuilds the same architecture (this is
+what checkpoints store in ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from torch import nn
+
+from .mlp import MLP
+from .norms import NORMS, make_norm
+from .resnet import ResNet20, TorchvisionResNet, torchvision_resnet
+from .vgg import VGG
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "vgg": VGG,
+    "resnet20": ResNet20,
+    "resnet18": partial(torchvision_resnet, "resnet18"),
+    "resnet50": partial(torchvision_resnet, "resnet50"),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def _jsonable(v: Any) -> Any:
+    # Tuples (in_shape) become lists so that the config equals its own JSON round trip.
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _signature(name: str) -> inspect.Signature:
+    # For a partial (resnet18/50), the signature already omits the bound arch name.
+    return inspect.signature(_REGISTRY[name])
+
+
+def build_model(name: str, **cfg: Any) -> nn.Module:
+    """Build a registered model; ``model.config`` records name and all arguments."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    sig = _signature(name)
+    try:
+        bound = sig.bind(**cfg)
+    except TypeError:
+        bad = sorted(set(cfg) - set(sig.parameters))
+        given = ", ".join(f"{k}={cfg[k]!r}" for k in bad) or repr(cfg)
+        valid = ", ".join(sig.parameters)
+        raise ValueError(f"{name} does not take {given}; its arguments are: {valid}") from None
+    bound.apply_defaults()
+    model = _REGISTRY[name](**bound.arguments)
+    model.config = {"name": name, **{k: _jsonable(v) for k, v in bound.arguments.items()}}
+    return model
+
+
+__all__ = [
+    "MLP",
+    "MODEL_NAMES",
+    "NORMS",
+    "VGG",
+    "ResNet20",
+    "TorchvisionResNet",
+    "build_model",
+    "make_norm",
+    "torchvision_resnet",
+]

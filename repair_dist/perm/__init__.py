@@ -1,0 +1,42 @@
+"""Permutation specs, applying permutations, activation matching and weight matching."""
+
+from .activation import (
+    activation_matching,
+    alignment_probes,
+    alignment_statistics,
+    check_same_architecture,
+    permutation_from_stats,
+)
+from .apply import (
+    Permutation,
+    apply_permutation,
+    compose_permutations,
+    identity_permutation,
+    invert_permutation,
+    permute_state_dict,
+    random_permutation,
+)
+from .spec import PermutationSpec, Probe, RepairPoint, SpecBuilder, permutation_spec
+from .weight import matching_objective, weight_matching
+
+__all__ = [
+    "Permutation",
+    "PermutationSpec",
+    "Probe",
+    "RepairPoint",
+    "SpecBuilder",
+    "activation_matching",
+    "alignment_probes",
+    "alignment_statistics",
+    "apply_permutation",
+    "check_same_architecture",
+    "compose_permutations",
+    "identity_permutation",
+    "invert_permutation",
+    "matching_objective",
+    "permutation_from_stats",
+    "permutation_spec",
+    "permute_state_dict",
+    "random_permutation",
+    "weight_matching",
+]

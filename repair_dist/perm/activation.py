@@ -1,0 +1,116 @@
+"""Activation matching: correlate units of A and B on data, then solve one assignment per group."""
+
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..data.batches import BatchPlan, as_plan
+from ..stats import StatsDict
+from .apply import Permutation
+from .spec import PermutationSpec, Probe, permutation_spec
+
+#: "output": correlate a residual stream at the stage output only (REPAIR code);
+#: "sum": sum the correlation matrices of every block output in the stage (Tatro et al.).
+RESIDUAL_MODES = ("output", "sum")
+
+
+def matching_probes(
+    spec: PermutationSpec, residual: str = "output"
+) -> dict[str, tuple[Probe, ...]]:
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES} (got {residual!r})")
+    missing = [g for g in spec.groups if not spec.match_probes.get(g)]
+    if missing:
+        raise ValueError(f"spec has no matching probe for groups {missing}")
+    return {
+        g: (spec.match_probes[g][-1:] if residual == "output" else spec.match_probes[g])
+        for g in spec.groups
+    }
+
+
+def alignment_probes(spec: PermutationSpec, residual: str = "output") -> list[Probe]:
+    """Every probe one alignment pass needs: matching probes and REPAIR's pre-activations."""
+    probes = [p for ps in matching_probes(spec, residual).values() for p in ps]
+    probes += [Probe(rp.module) for rp in spec.repair_points]
+    return list(dict.fromkeys(probes))
+
+
+def group_correlation(stats: StatsDict, probes: tuple[Probe, ...]) -> torch.Tensor:
+    return sum((stats[p].corr() for p in probes), torch.zeros(()))
+
+
+def permutation_from_stats(
+    stats: StatsDict, spec: PermutationSpec, residual: str = "output"
+) -> Permutation:
+    """Hungarian matching (maximum total correlation) for every group."""
+    perm: Permutation = {}
+    for g, probes in matching_probes(spec, residual).items():
+        corr = group_correlation(stats, probes)
+        _, col = linear_sum_assignment(corr.numpy(), maximize=True)
+        perm[g] = torch.as_tensor(col, dtype=torch.long)
+    return perm
+
+
+def alignment_statistics(
+    net_a: nn.Module,
+    net_b: nn.Module,
+    data: Dataset | BatchPlan,
+    *,
+    spec: PermutationSpec | None = None,
+    residual: str = "output",
+    batch_size: int = 500,
+    workers: int | object = 1,
+) -> StatsDict:
+    """One pass of A and B over ``data``: cross moments at every matching and REPAIR probe."""
+    # imported here: passes.py reads Probe from this package, so a top-level import would cycle
+    from ..execution import run_pass
+    from ..passes import alignment_stats_pass
+
+    spec = spec or permutation_spec(net_a)
+    check_same_architecture(net_a, net_b)
+    return run_pass(
+        alignment_stats_pass,
+        [net_a, net_b],
+        as_plan(data, batch_size),
+        workers,
+        probes=alignment_probes(spec, residual),
+    )
+
+
+def activation_matching(
+    net_a: nn.Module,
+    net_b: nn.Module,
+    data: Dataset | BatchPlan,
+    *,
+    spec: PermutationSpec | None = None,
+    residual: str = "output",
+    batch_size: int = 500,
+    workers: int | object = 1,
+) -> Permutation:
+    """Permutation of B's units that maximises their activation correlation with A's."""
+    spec = spec or permutation_spec(net_a)
+    stats = alignment_statistics(
+        net_a, net_b, data, spec=spec, residual=residual, batch_size=batch_size, workers=workers
+    )
+    return permutation_from_stats(stats, spec, residual)
+
+
+def check_same_architecture(*nets: nn.Module) -> None:
+    """Raise one readable error if the nets' tensors differ in names or shapes."""
+    ref = {k: tuple(v.shape) for k, v in nets[0].state_dict().items()}
+    for i, net in enumerate(nets[1:], start=1):
+        other = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        if other == ref:
+            continue
+        missing = sorted(set(ref) - set(other))[:3]
+        extra = sorted(set(other) - set(ref))[:3]
+        shapes = [f"{k}: {ref[k]} vs {other[k]}" for k in ref if k in other and ref[k] != other[k]]
+        detail = "; ".join(
+            [f"missing {missing}"] * bool(missing)
+            + [f"unexpected {extra}"] * bool(extra)
+            + [f"shape {', '.join(shapes[:3])}"] * bool(shapes)
+        )
+        raise ValueError(f"architectures differ between net 0 and net {i}: {detail}")

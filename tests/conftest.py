@@ -1,0 +1,23 @@
+"""Shared fixtures: small real data and tiny nets; one session-wide local Ray (loopback)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+# Ray and MLflow stay on this machine: loopback only, no usage reporting.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def gaussian_images() -> TensorDataset:
+    """384 random 1x8x8 images with labels: enough samples that no unit is dead."""
+    gen = torch.Generator().manual_seed(123)
+    x = torch.randn(384, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (384,), generator=gen)
+    return TensorDataset(x, y)
