@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 SCHEDULES = ("cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adam")
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
-"""Peak learning rates that train the deep plain digits MLPs and small conv nets robustly."""
+DEFAULT_LR = {"sgd": 0.03, "adam": 1e-3}
+"""Peak learning rates. SGD 0.03 trains 6-8 layer plain digits MLPs for every seed tried; 0.07
+sends some seeds to dead nets and 0.1 diverges, so the default keeps a 2x margin."""
 
 Callback = Callable[[int, nn.Module, dict[str, float]], Any]
 
@@ -114,7 +115,7 @@ def train_model(
 ) -> nn.Module:
     """Train ``net`` in place on ``train_data`` and return it in eval mode (on ``device``).
 
-    Defaults (batch 64, SGD lr 0.05, momentum 0.9, wd 5e-4, one warmup epoch, cosine) are
+    Defaults (batch 64, SGD lr 0.03, momentum 0.9, wd 5e-4, one warmup epoch, cosine) are
     tuned on digits: deep plain He-init MLPs (6-8 x 64-128) and small BN conv nets reach
     >= 95% test accuracy in 40 epochs for every seed tried. ``callback(epoch, net, stats)``
     runs after every epoch (``stats``: loss, acc, lr, revived, seconds); returning True stops
@@ -133,7 +134,9 @@ def train_model(
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(
+        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -150,7 +153,11 @@ def train_model(
     peak_lr = DEFAULT_LR[optimizer] if lr is None else lr
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            net.parameters(), lr=peak_lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0
+            net.parameters(),
+            lr=peak_lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=momentum > 0,
         )
     else:
         opt = torch.optim.AdamW(net.parameters(), lr=peak_lr, weight_decay=weight_decay)

@@ -7,8 +7,6 @@ import torch
 
 from repair_dist.models import build_model
 from repair_dist.passes import alignment_stats_pass
-from repair_dist.repair import endpoint_statistics, repair
-from repair_dist.stats import CoMoments, StatsDict
 from repair_dist.perm import (
     activation_matching,
     apply_permutation,
@@ -19,6 +17,8 @@ from repair_dist.perm import (
     weight_matching,
 )
 from repair_dist.perm.weight import _parameters
+from repair_dist.repair import endpoint_statistics, repair
+from repair_dist.stats import CoMoments, StatsDict
 
 CASES = [
     ("mlp", dict(depth=4, width=24, in_shape=(1, 8, 8))),
@@ -60,7 +60,10 @@ def _wake_units(net, spec, data):
     random init has many dead units, which no data-driven matcher can tell apart."""
     stats = endpoint_statistics([net], data, spec=spec)
     goal = StatsDict(
-        {k: CoMoments(v.n, torch.full_like(v.mean, 0.5), torch.full_like(v.cm, v.n)) for k, v in stats.items()}
+        {
+            k: CoMoments(v.n, torch.full_like(v.mean, 0.5), torch.full_like(v.cm, v.n))
+            for k, v in stats.items()
+        }
     )
     return repair(net, [net], [1.0], data, "full", spec=spec, goal_stats=goal)
 
@@ -144,7 +147,9 @@ def test_weight_matching_objective_never_decreases():
     history: list[float] = []
     perm = weight_matching(a, b, seed=1, history=history)
     assert len(history) > 5  # independent nets: several sweeps of real work
-    assert all(later >= earlier - 1e-9 for earlier, later in zip(history, history[1:]))
+    assert all(
+        later >= earlier - 1e-9 for earlier, later in zip(history, history[1:], strict=False)
+    )
     spec = permutation_spec(a)
     final = matching_objective(_parameters(a, spec), _parameters(b, spec), spec, perm)
     assert final == pytest.approx(history[-1]) and final > history[0]

@@ -145,9 +145,7 @@ def test_spec_is_complete(case: str, norm: str) -> None:
     spec = permutation_spec(net)
     head = _head(net)
     state = net.state_dict()
-    expected = {
-        k for k in state if not k.endswith("num_batches_tracked") and k != f"{head}.bias"
-    }
+    expected = {k for k in state if not k.endswith("num_batches_tracked") and k != f"{head}.bias"}
     assert expected - set(spec.axes) == set(), "tensors missing from the spec"
 
     # Leave each tensor unpermuted in turn (one tensor swapped back per check: cheap).

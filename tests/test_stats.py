@@ -20,7 +20,10 @@ def test_cross_moments_of_shards_merge_to_the_whole(shape):
     b = torch.randn(*shape, generator=gen) + a * 0.5
     whole = CrossMoments.from_batch(a, b)
     sizes = [shape[0] // 3, shape[0] // 2, shape[0] - shape[0] // 3 - shape[0] // 2]
-    parts = [CrossMoments.from_batch(x, y) for x, y in zip(_chunks(a, sizes), _chunks(b, sizes))]
+    parts = [
+        CrossMoments.from_batch(x, y)
+        for x, y in zip(_chunks(a, sizes), _chunks(b, sizes), strict=True)
+    ]
     for order in ([0, 1, 2], [2, 0, 1]):
         merged = parts[order[0]].merge(parts[order[1]]).merge(parts[order[2]])
         assert merged.n == whole.n
@@ -61,7 +64,9 @@ def test_comoments_shards_and_joint_statistics():
 
 def test_statsdict_merges_key_by_key():
     a = StatsDict(p=CoMoments.from_batch(torch.ones(3, 2)))
-    b = StatsDict(p=CoMoments.from_batch(torch.zeros(5, 2)), q=CoMoments.from_batch(torch.ones(1, 2)))
+    b = StatsDict(
+        p=CoMoments.from_batch(torch.zeros(5, 2)), q=CoMoments.from_batch(torch.ones(1, 2))
+    )
     m = a.merge(b)
     assert set(m) == {"p", "q"} and m["p"].n == 8
     torch.testing.assert_close(m["p"].mean[0], torch.full((2,), 3 / 8, dtype=torch.float64))

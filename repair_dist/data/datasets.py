@@ -10,6 +10,7 @@ how to get it.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -74,11 +75,13 @@ def _limit(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tenso
 # digits
 
 
+@functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """(images 0..16, labels) of scikit-learn's digits, read straight from the wheel's CSV.
 
     Locating the file with ``find_spec`` avoids importing scikit-learn (about 1.5 s, paid in
-    every worker process); falls back to ``load_digits`` if the file moves.
+    every worker process); falls back to ``load_digits`` if the file moves. Cached: callers
+    must not modify the arrays.
     """
     spec = importlib.util.find_spec("sklearn")
     if spec is not None and spec.submodule_search_locations:
@@ -117,7 +120,7 @@ def load_digits_data(*, split_seed: int = 0, test_fraction: float = 0.2) -> Spli
     images, labels = _digits_arrays()
     idx_train, idx_test = stratified_split(labels, test_fraction, split_seed)
     x = torch.from_numpy(images / 16.0).unsqueeze(1)
-    y = torch.from_numpy(labels)
+    y = torch.from_numpy(labels.copy())
     x_train, x_test = _standardise(x[idx_train], x[idx_test])
     return (
         TensorDataset(x_train.contiguous(), y[idx_train].clone()),

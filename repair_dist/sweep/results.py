@@ -1,0 +1,404 @@
+"""Sweep results as Parquet tables (DESIGN.md §5): explicit schemas, one file per trial.
+
+Layout: ``<root>/<table>/sweep=<sweep>/<key>.parquet`` for the tables ``endpoints``,
+``trials``, ``curves`` and ``layers``. ``root`` is a local path or any pyarrow URI
+(``s3://...``, ``gs://...``). Each file is written under a temporary name starting with ``.``
+(which Parquet readers, pyarrow and DuckDB skip) and then renamed, so a rerun of a trial
+replaces its file and rows are never duplicated.
+
+Schemas are explicit (strings are ``string``, never pandas 3's ``large_string``). ``sweep`` is
+the hive partition: it is not stored inside the files and comes back as a plain string column
+from :func:`read_table` (and from DuckDB with ``hive_partitioning=true``).
+
+Column policy of :func:`write_rows`: every *required* column (DESIGN.md §5) must be present, or
+a ValueError lists the missing ones; *optional* columns (convenience copies such as a trial's
+model/width/depth in ``curves``) are filled with nulls when absent; columns outside the schema
+are an error by default (a typo should not silently lose data), or dropped with
+``extra="drop"``. A ``sweep`` column in the frame must equal the ``sweep`` argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from ..repair import VARIANTS
+from ..store import resolve_filesystem
+
+SCHEMA_VERSION = "1"
+TABLES = ("endpoints", "trials", "curves", "layers")
+
+_S, _F, _I = pa.string(), pa.float64(), pa.int64()
+
+# (name, type, required). Width is float64: VGG/torchvision widths are multipliers (0.5, 2);
+# depth is nullable (torchvision ResNets have none).
+_TRIAL_ID = [("model", _S, False), ("width", _F, False), ("depth", _I, False),
+             ("norm", _S, False), ("dataset", _S, False)]  # fmt: skip
+_COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
+    "endpoints": [
+        ("endpoint_key", _S, True),
+        ("model", _S, True),
+        ("width", _F, True),
+        ("depth", _I, True),
+        ("norm", _S, True),
+        ("dataset", _S, True),
+        ("seed", _I, True),
+        ("epochs", _I, True),
+        ("train_loss", _F, True),
+        ("train_acc", _F, True),
+        ("test_loss", _F, True),
+        ("test_acc", _F, True),
+        ("collapsed_filters", _I, True),
+        ("train_seconds", _F, True),
+        ("uri", _S, False),  # where the checkpoint lives (store path)
+    ],
+    "trials": [
+        ("trial_key", _S, True),
+        ("endpoint_a", _S, True),
+        ("endpoint_b", _S, True),
+        ("model", _S, True),
+        ("width", _F, True),
+        ("depth", _I, True),
+        ("norm", _S, True),
+        ("dataset", _S, True),
+        ("method", _S, True),
+        ("variant", _S, True),
+        ("acc_a", _F, True),
+        ("acc_b", _F, True),
+        ("loss_a", _F, True),
+        ("loss_b", _F, True),
+        ("acc_mid", _F, True),
+        ("loss_mid", _F, True),
+        ("barrier_acc_mid", _F, True),
+        ("barrier_loss_mid", _F, True),
+        ("barrier_loss_max", _F, True),
+        ("barrier_acc_max", _F, True),
+        ("reduction_vs_aligned", _F, True),
+        ("reduction_loss_vs_aligned", _F, True),
+        ("seconds", _F, True),
+        ("seed_a", _I, False),
+        ("seed_b", _I, False),
+    ],
+    "curves": [
+        ("trial_key", _S, True),
+        ("method", _S, True),
+        ("variant", _S, True),
+        ("alpha", _F, True),
+        ("split", _S, True),
+        ("loss", _F, True),
+        ("acc", _F, True),
+        *_TRIAL_ID,
+    ],
+    "layers": [
+        ("trial_key", _S, True),
+        ("method", _S, True),
+        ("variant", _S, True),
+        ("alpha", _F, True),
+        ("layer", _S, True),
+        ("std_ratio", _F, True),
+        ("mean_shift", _F, True),
+        *_TRIAL_ID,
+    ],
+}
+
+#: The schema stored in each file (without the ``sweep`` partition column).
+FILE_SCHEMAS: dict[str, pa.Schema] = {
+    t: pa.schema(
+        [pa.field(n, ty, nullable=True) for n, ty, _ in cols],
+        metadata={"repair_dist.table": t, "repair_dist.schema_version": SCHEMA_VERSION},
+    )
+    for t, cols in _COLUMNS.items()
+}
+#: The logical table schemas: ``sweep`` (the hive partition) first, then the file columns.
+SCHEMAS: dict[str, pa.Schema] = {
+    t: pa.schema([pa.field("sweep", _S), *s], metadata=s.metadata) for t, s in FILE_SCHEMAS.items()
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    t: tuple(n for n, _, req in cols if req) for t, cols in _COLUMNS.items()
+}
+
+#: Metrics that :func:`summarize` averages over seed pairs by default.
+SUMMARY_METRICS = ("barrier_acc_mid", "barrier_loss_mid", "reduction_vs_aligned")
+#: Default grouping of :func:`summarize` (columns absent from the frame are skipped).
+DEFAULT_GROUP_BY = ("sweep", "model", "dataset", "width", "depth", "norm")
+
+DUCKDB_EXAMPLE = """\
+duckdb -c "SELECT model, width, depth, method, variant,
+                  count(*) AS n, avg(barrier_acc_mid) AS barrier, stddev_samp(barrier_acc_mid) AS sd
+           FROM read_parquet('results/trials/*/*.parquet', hive_partitioning = true)
+           WHERE sweep = 'quickstart'
+           GROUP BY ALL ORDER BY ALL"
+"""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _check_name(what: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value) or value.endswith(".parquet"):
+        raise ValueError(
+            f"{what} {value!r} must start with a letter or digit and contain only letters, "
+            "digits and _ . + - (it becomes a file or directory name)"
+        )
+    return value
+
+
+def _check_table(table: str) -> str:
+    if table not in SCHEMAS:
+        raise ValueError(f"unknown results table {table!r}; choose one of {', '.join(TABLES)}")
+    return table
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def _resolve(root: str | os.PathLike, filesystem: pafs.FileSystem | None):
+    if filesystem is not None:
+        path = os.fspath(root)
+        local = isinstance(filesystem, pafs.LocalFileSystem)
+        return filesystem, (os.path.abspath(path) if local else path.rstrip("/")), local
+    return resolve_filesystem(root)
+
+
+def table_path(root: str | os.PathLike, table: str, sweep: str, key: str) -> str:
+    """``<root>/<table>/sweep=<sweep>/<key>.parquet`` (the path inside root's filesystem)."""
+    _, base, _ = resolve_filesystem(root)
+    return _join(base, _check_table(table), f"sweep={_check_name('sweep', sweep)}",
+                 f"{_check_name('key', key)}.parquet")  # fmt: skip
+
+
+def to_arrow(table: str, df: pd.DataFrame, sweep: str, *, extra: str = "error") -> pa.Table:
+    """Conform ``df`` to the file schema of ``table`` (see the module doc for the policy)."""
+    _check_table(table)
+    if extra not in ("error", "drop"):
+        raise ValueError(f"extra must be 'error' or 'drop' (got {extra!r})")
+    schema = FILE_SCHEMAS[table]
+    if "sweep" in df.columns:
+        other = set(df["sweep"].dropna().astype(str)) - {sweep}
+        if other:
+            raise ValueError(
+                f"{table} rows carry sweep={sorted(other)} but are written to sweep={sweep!r}"
+            )
+        df = df.drop(columns="sweep")
+    missing = [c for c in REQUIRED[table] if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{table} rows lack required column(s) {', '.join(missing)}; "
+            f"the {table} schema is: {', '.join(schema.names)}"
+        )
+    unknown = [c for c in df.columns if c not in schema.names]
+    if unknown and extra == "error":
+        raise ValueError(
+            f"{table} rows have column(s) outside the schema: {', '.join(map(str, unknown))} "
+            f"(pass extra='drop' to drop them); the {table} schema is: {', '.join(schema.names)}"
+        )
+    arrays = []
+    for field in schema:
+        if field.name not in df.columns:
+            arrays.append(pa.nulls(len(df), type=field.type))
+            continue
+        col = df[field.name]
+        try:
+            arrays.append(pa.array(col, type=field.type, from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{table} column {field.name!r} ({col.dtype}) does not convert to {field.type}: {e}"
+            ) from None
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_rows(
+    root: str | os.PathLike,
+    table: str,
+    sweep: str,
+    key: str,
+    df: pd.DataFrame,
+    *,
+    extra: str = "error",
+    filesystem: pafs.FileSystem | None = None,
+) -> str:
+    """Write ``df`` as ``<root>/<table>/sweep=<sweep>/<key>.parquet``, atomically; replaces.
+
+    Returns the written path (inside ``root``'s filesystem; a local path for local roots).
+    ``filesystem`` overrides the filesystem pyarrow infers from ``root``.
+    """
+    _check_table(table)
+    _check_name("sweep", sweep)
+    _check_name("key", key)
+    data = to_arrow(table, df, sweep, extra=extra)
+    fs, base, local = _resolve(root, filesystem)
+    part = _join(base, table, f"sweep={sweep}")
+    final = _join(part, f"{key}.parquet")
+    tmp = _join(part, f".{key}.parquet.tmp-{uuid.uuid4().hex[:12]}")
+    fs.create_dir(part, recursive=True)
+    try:
+        if local:
+            pq.write_table(data, tmp, compression="zstd")
+            os.replace(tmp, final)
+        else:
+            with fs.open_output_stream(tmp) as out:
+                pq.write_table(data, out, compression="zstd")
+            fs.move(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError, FileNotFoundError):
+            fs.delete_file(tmp)
+        raise
+    return final
+
+
+def _empty(table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    frame = SCHEMAS[table].empty_table().to_pandas()
+    return frame[list(columns)] if columns else frame
+
+
+def read_table(
+    root: str | os.PathLike,
+    table: str,
+    sweep: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> pd.DataFrame:
+    """One results table as a DataFrame (``sweep`` a plain string column), all sweeps or one.
+
+    An empty frame with the table's columns when nothing has been written yet.
+    """
+    _check_table(table)
+    fs, base, _ = _resolve(root, filesystem)
+    full = SCHEMAS[table]
+    if columns is not None:
+        bad = [c for c in columns if c not in full.names]
+        if bad:
+            raise ValueError(f"{table} has no column(s) {', '.join(bad)}")
+    if sweep is not None:
+        _check_name("sweep", sweep)
+        where = _join(base, table, f"sweep={sweep}")
+    else:
+        where = _join(base, table)
+    if fs.get_file_info(where).type != pafs.FileType.Directory:
+        return _empty(table, columns)
+    dataset = ds.dataset(
+        where,
+        filesystem=fs,
+        format="parquet",
+        schema=full if sweep is None else FILE_SCHEMAS[table],
+        partitioning=ds.partitioning(pa.schema([("sweep", _S)]), flavor="hive")
+        if sweep is None
+        else None,
+        exclude_invalid_files=False,
+    )
+    data = dataset.to_table()
+    if sweep is not None:
+        data = data.add_column(0, "sweep", pa.array([sweep] * data.num_rows, type=_S))
+    data = data.select(full.names)
+    frame = data.to_pandas()
+    if frame.empty:
+        return _empty(table, columns)
+    return frame[list(columns)] if columns else frame
+
+
+# --------------------------------------------------------------------------------------------
+# summaries and formatting
+# --------------------------------------------------------------------------------------------
+
+
+def _variant_order(values: Iterable[str]) -> dict[str, int]:
+    known = ["naive", "aligned", *VARIANTS]
+    rest = sorted(v for v in set(values) if v not in known)
+    return {v: i for i, v in enumerate([*known, *rest])}
+
+
+def summarize(
+    trials_df: pd.DataFrame,
+    group_by: Sequence[str] | None = None,
+    *,
+    metrics: Sequence[str] = SUMMARY_METRICS,
+) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) over seed pairs per (group_by..., method, variant).
+
+    Columns: group_by..., method, variant, n, then ``<metric>_mean`` and ``<metric>_std`` per
+    metric (std is NaN for a single pair). ``group_by`` defaults to whichever of
+    sweep, model, dataset, width, depth, norm the frame has; null keys form their own group.
+    """
+    if group_by is None:
+        group_by = [c for c in DEFAULT_GROUP_BY if c in trials_df.columns]
+    keys = [*[c for c in group_by if c not in ("method", "variant")], "method", "variant"]
+    missing = [c for c in [*keys, *metrics] if c not in trials_df.columns]
+    if missing:
+        raise ValueError(f"summarize: trials have no column(s) {', '.join(missing)}")
+    out_cols = [*keys, "n", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]]
+    if trials_df.empty:
+        return pd.DataFrame(columns=out_cols)
+    grouped = trials_df.groupby(keys, dropna=False, sort=True)
+    stats = grouped[list(metrics)].agg(["mean", "std"])
+    stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+    stats.insert(0, "n", grouped.size())
+    out = stats.reset_index()
+    order = _variant_order(out["variant"].astype(str))
+    out = out.assign(_v=out["variant"].map(order)).sort_values(
+        [*keys[:-1], "_v"], kind="stable", na_position="last"
+    )
+    return out.drop(columns="_v").reset_index(drop=True)[out_cols]
+
+
+def _fmt_number(x: object) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, (float, np.floating)):
+        if float(x).is_integer() and abs(x) < 1e6:
+            return str(int(x))
+        return f"{x:.4g}"
+    return str(x)
+
+
+def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
+    """Render a results frame: ``table`` (human: ``m ± s`` for *_mean/*_std pairs), ``csv``,
+    or ``json`` (records)."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return df.to_json(orient="records", indent=1)
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}; choose table, csv or json")
+    if df.empty:
+        return "(no rows)"
+    shown = pd.DataFrame(index=df.index)
+    for col in df.columns:
+        if col.endswith("_std") and f"{col[:-4]}_mean" in df.columns:
+            continue
+        if col.endswith("_mean") and f"{col[:-5]}_std" in df.columns:
+            std = df[f"{col[:-5]}_std"]
+            shown[col[:-5]] = [
+                _fmt_number(m) if pd.isna(s) else f"{_fmt_number(m)} ± {s:.2g}"
+                for m, s in zip(df[col], std, strict=True)
+            ]
+        else:
+            shown[col] = [_fmt_number(v) for v in df[col]]
+    return shown.to_string(index=False)
+
+
+__all__ = [
+    "DUCKDB_EXAMPLE",
+    "FILE_SCHEMAS",
+    "REQUIRED",
+    "SCHEMAS",
+    "SUMMARY_METRICS",
+    "TABLES",
+    "format_table",
+    "read_table",
+    "summarize",
+    "table_path",
+    "to_arrow",
+    "write_rows",
+]
