@@ -21,3 +21,34 @@ def gaussian_images() -> TensorDataset:
     x = torch.randn(384, 1, 8, 8, generator=gen)
     y = torch.randint(0, 10, (384,), generator=gen)
     return TensorDataset(x, y)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One loopback-only local Ray for the whole session (2 CPUs, like CI).
+
+    Multi-node tests shut it down to start their own ``Cluster``; this fixture then starts it
+    again on next use, so test order never matters.
+    """
+    from repair_dist.distributed import init_local_ray
+
+    init_local_ray(num_cpus=2, object_store_memory=200 * 1024**2)
+    yield
+    import ray
+
+    from repair_dist.distributed import shutdown_pools
+
+    shutdown_pools()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_ready(ray_local):
+    """Per module: make sure the session's local Ray is up (a multi-node test may have stopped it)."""
+    import ray
+
+    from repair_dist.distributed import init_local_ray
+
+    if not ray.is_initialized():
+        init_local_ray(num_cpus=2, object_store_memory=200 * 1024**2)
+    return ray
