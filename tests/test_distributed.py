@@ -6,9 +6,11 @@ import dataclasses
 import threading
 import time
 
+import helpers
 import pytest
 import ray
 import torch
+from helpers import assert_stats_equal
 
 import repair_dist as rd
 from repair_dist.data import BatchPlan
@@ -19,20 +21,6 @@ from repair_dist.perm.activation import alignment_probes
 from repair_dist.pipeline import merge_trial
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _tensors_of(obj) -> list[torch.Tensor]:
-    return [v for v in vars(obj).values() if isinstance(v, torch.Tensor)]
-
-
-def assert_stats_equal(expected, actual, rtol=1e-9) -> None:
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        e, a = expected[key], actual[key]
-        assert e.n == a.n, key
-        for te, ta in zip(_tensors_of(e), _tensors_of(a), strict=True):
-            assert te.dtype == torch.float64
-            torch.testing.assert_close(ta, te, rtol=rtol, atol=1e-12 * te.abs().max().item())
 
 
 def _net(name: str, seed: int, **cfg) -> torch.nn.Module:
@@ -124,11 +112,9 @@ def test_a_whole_merge_trial_is_independent_of_the_worker_count(pools, gaussian_
 def test_a_worker_killed_mid_pass_is_replaced_and_the_result_is_unchanged(
     ray_ready, gaussian_images
 ):
-    import slow_data
-
-    ray.cloudpickle.register_pickle_by_value(slow_data)
+    ray.cloudpickle.register_pickle_by_value(helpers)
     x, y = gaussian_images.tensors
-    plan = BatchPlan(slow_data.SlowDataset(x[:240], y[:240], 0.01), 20)  # 12 batches, ~2.4 s
+    plan = BatchPlan(helpers.SlowDataset(x[:240], y[:240], 0.01), 20)  # 12 batches, ~2.4 s
     net_a, net_b = (
         _net("mlp", 0, depth=3, width=16, norm="none"),
         _net("mlp", 1, depth=3, width=16, norm="none"),

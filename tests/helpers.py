@@ -1,0 +1,39 @@
+"""Test helpers: a slow dataset (act while a pass runs) and a float64 statistics comparison.
+
+Tests register this module with ``ray.cloudpickle.register_pickle_by_value`` so that Ray
+workers (which cannot import the tests folder) receive it by value.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import Dataset
+
+
+class SlowDataset(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seconds_per_item: float) -> None:
+        self.x, self.y, self.seconds = x, y, seconds_per_item
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time.sleep(self.seconds)
+        return self.x[i], self.y[i]
+
+
+def _tensors_of(obj) -> list[torch.Tensor]:
+    return [v for v in vars(obj).values() if isinstance(v, torch.Tensor)]
+
+
+def assert_stats_equal(expected, actual, rtol: float = 1e-9) -> None:
+    """Every float64 moment of every probe agrees to ``rtol`` (sharded vs whole)."""
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        e, a = expected[key], actual[key]
+        assert e.n == a.n, key
+        for te, ta in zip(_tensors_of(e), _tensors_of(a), strict=True):
+            assert te.dtype == torch.float64
+            torch.testing.assert_close(ta, te, rtol=rtol, atol=1e-12 * te.abs().max().item())
