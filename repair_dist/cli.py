@@ -1,0 +1,348 @@
+"""``repair-dist``: the command line (DESIGN.md §4).
+
+Every failure a user can cause (a wrong path, an invalid sweep, a corrupt checkpoint,
+mismatched architectures) ends as one readable line on stderr and exit status 2, not a
+traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ROOT = "results"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _load_sweep_script(path: str, smoke: bool) -> Any:
+    """Import a ``sweeps/X.py`` file and call its ``build_sweep(smoke=...)``."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"sweep script {path!r} not found")
+    spec = importlib.util.spec_from_file_location(f"_sweep_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    build = getattr(module, "build_sweep", None)
+    if build is None:
+        raise UsageError(f"{path}: defines no build_sweep(smoke: bool) -> Sweep")
+    return build(smoke=smoke)
+
+
+def _print_outcome(outcome: Any, *, quickstart: bool = False) -> None:
+    from .sweep import results
+
+    root = outcome.root
+    endpoints = results.read_table(root, "endpoints", outcome.sweep)
+    if not endpoints.empty:
+        cols = ["model", "width", "depth", "norm", "seed", "train_acc", "test_acc"]
+        print("\nEndpoints (test accuracy):")
+        print(results.format_table(endpoints[cols].sort_values(["model", "seed"])))
+    print(f"\nBarriers at the midpoint (test split), mean ± std over seed pairs ({outcome.sweep}):")
+    keep = [c for c in outcome.summary.columns if c not in ("sweep", "dataset")]
+    print(results.format_table(outcome.summary[keep]))
+    print(
+        f"\n{outcome.trials_run} trials run, {outcome.trials_reused} already done; "
+        f"{outcome.endpoints_trained} endpoints trained, {outcome.endpoints_reused} reused; "
+        f"{outcome.seconds:.0f} s."
+    )
+    for problem in outcome.mlflow_problems[:3]:
+        print(f"warning: MLflow: {problem} (Parquet is complete; run `repair-dist sync-mlflow`)")
+    print(f"\nParquet tables: {root}/{{endpoints,trials,curves,layers}}/sweep={outcome.sweep}/")
+    print(f"Plots per trial: {root}/plots/sweep={outcome.sweep}/")
+    if outcome.tracking_uri:
+        print(f"MLflow: {outcome.tracking_uri}  (browse: repair-dist ui --root {root})")
+    print(f"Query:  repair-dist results {outcome.sweep} --root {root} --group-by model method")
+    if quickstart:
+        print("Sweep plots: repair-dist plot quickstart --root results --out results/figures")
+
+
+def _run(sweep: Any, args: argparse.Namespace, *, quickstart: bool = False) -> int:
+    from .sweep.runner import run_sweep
+
+    outcome = run_sweep(
+        sweep,
+        root=args.root,
+        store=getattr(args, "store", None),
+        tracking_uri=getattr(args, "tracking_uri", None),
+        address=getattr(args, "address", None),
+        verbose=getattr(args, "verbose", 0),
+    )
+    _print_outcome(outcome, quickstart=quickstart)
+    return 0
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .sweep.presets import quickstart_sweep
+
+    return _run(quickstart_sweep(smoke=args.smoke), args, quickstart=True)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    return _run(_load_sweep_script(args.script, args.smoke), args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import dataset_info, load_dataset
+    from .metrics import evaluate
+    from .models import build_model
+    from .store import save_checkpoint
+    from .train import train_model
+
+    info = dataset_info(args.dataset, args.data_root)
+    kwargs: dict[str, Any] = {"width": args.width, "norm": args.norm}
+    if args.depth is not None:
+        kwargs["depth"] = args.depth
+    train, test = load_dataset(args.dataset, root=args.data_root)
+    torch.manual_seed(args.seed)
+    net = build_model(
+        args.model, in_shape=info["in_shape"], num_classes=info["num_classes"], **kwargs
+    )
+    net = train_model(net, train, epochs=args.epochs, seed=args.seed)
+    metrics = {f"test_{k}": v for k, v in evaluate(net, test).items()}
+    meta = {"dataset": args.dataset, "seed": args.seed, "epochs": args.epochs, **metrics}
+    save_checkpoint(net.cpu(), args.out, meta)
+    print(json.dumps({"out": str(args.out), **metrics}))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .perm import check_same_architecture
+    from .pipeline import merge_trial
+    from .store import load_checkpoint
+
+    net_a, meta_a = load_checkpoint(args.dir_a)
+    net_b, meta_b = load_checkpoint(args.dir_b)
+    try:
+        check_same_architecture(net_a, net_b)
+    except ValueError as err:
+        raise UsageError(f"{args.dir_a} and {args.dir_b}: {err}") from err
+    dataset = args.dataset or meta_a.get("dataset")
+    if not dataset:
+        raise UsageError(f"{args.dir_a}/meta.json names no dataset: pass --dataset")
+    train, test = load_dataset(dataset, root=args.data_root)
+    outcome = merge_trial(
+        net_a, net_b, train, test, method=args.method, variants=args.variants,
+        alphas=args.alphas, workers=args.workers,
+    )  # fmt: skip
+    table = outcome.barriers
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        for name, frame in (("barriers", table), ("curves", outcome.curves)):
+            frame.to_parquet(os.path.join(args.out, f"{name}.parquet"), index=False)
+    from .sweep.results import format_table
+
+    print(format_table(table))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .sweep import results
+
+    if args.duckdb:
+        print(results.DUCKDB_EXAMPLE)
+        return 0
+    trials = results.read_table(args.root, "trials", args.sweep)
+    if trials.empty:
+        raise UsageError(
+            f"no trials under {args.root!r}" + (f" for sweep {args.sweep!r}" if args.sweep else "")
+        )
+    if args.raw:
+        print(results.format_table(trials, args.format))
+        return 0
+    print(results.format_table(results.summarize(trials, args.group_by), args.format))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .sweep import results
+    from .sweep.plots import plot_sweep
+
+    trials = results.read_table(args.root, "trials", args.sweep)
+    if trials.empty:
+        raise UsageError(f"no trials for sweep {args.sweep!r} under {args.root!r}")
+    for path in plot_sweep(trials, args.out):
+        print(path)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .sweep.tracking import default_artifact_root, default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.root)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.expose:
+        raise UsageError(f"refusing to serve MLflow on {args.host}: add --expose if you mean it")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--default-artifact-root", default_artifact_root(args.root)]  # fmt: skip
+    print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def cmd_sync_mlflow(args: argparse.Namespace) -> int:
+    from .sweep.tracking import default_tracking_uri, sync_from_parquet
+
+    uri = args.tracking_uri or default_tracking_uri(args.root)
+    created = sync_from_parquet(args.root, uri, args.sweep)
+    print(f"created {created} MLflow runs in {uri}")
+    return 0
+
+
+def cmd_check_cluster(args: argparse.Namespace) -> int:
+    from .cluster_check import check_cluster, format_report, has_errors
+
+    problems = check_cluster(args.file, requires_gpu=args.requires_gpu)
+    print(format_report(args.file, problems))
+    return 1 if has_errors(problems) else 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--smoke", action="store_true", help="tiny version: seconds, for tests")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="results root (path or s3://, gs://)")
+    p.add_argument("--store", help="checkpoint store URI (default <root>/checkpoints)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite under --root)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Tune verbosity")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repair-dist", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="the main job: a small real sweep on digits")
+    _sweep_options(p)
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("sweep", help="run a sweep script from sweeps/")
+    p.add_argument("script")
+    _sweep_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("train", help="train one net into a checkpoint directory")
+    p.add_argument("--model", required=True)
+    p.add_argument("--width", type=float, default=1)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--norm", default="none")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-root")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("merge", help="align, merge and REPAIR two checkpoints")
+    p.add_argument("dir_a")
+    p.add_argument("dir_b")
+    p.add_argument("--method", default="activation", choices=("activation", "weight"))
+    p.add_argument(
+        "--variants", nargs="+", default=["reset", "full", "rescale", "reshift", "closed_form"]
+    )
+    p.add_argument("--alphas", type=int, default=11)
+    p.add_argument("--dataset")
+    p.add_argument("--data-root")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("results", help="query the Parquet tables")
+    p.add_argument("sweep", nargs="?")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("--group-by", nargs="+")
+    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    p.add_argument("--raw", action="store_true", help="every trial row, not the summary")
+    p.add_argument("--duckdb", action="store_true", help="print an equivalent DuckDB query")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("plot", help="sweep-level barrier plots")
+    p.add_argument("sweep")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the local store")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("--tracking-uri")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--expose", action="store_true", help="allow a non-loopback --host")
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("sync-mlflow", help="backfill MLflow runs from the Parquet tables")
+    p.add_argument("sweep", nargs="?")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=cmd_sync_mlflow)
+
+    p = sub.add_parser("check-cluster", help="validate a Ray cluster launcher config offline")
+    p.add_argument("file")
+    p.add_argument("--requires-gpu", action="store_true")
+    p.set_defaults(func=cmd_check_cluster)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .store import CheckpointError
+    from .sweep.config import SweepConfigError
+    from .sweep.runner import SweepIncomplete
+
+    return (UsageError, SweepConfigError, CheckpointError, SweepIncomplete, FileNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or not isinstance(err, _user_errors()):
+            raise
+        print(f"repair-dist {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def script_main(build_sweep: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python sweeps/X.py [--smoke] [--root ...]``."""
+    parser = argparse.ArgumentParser(
+        description=(build_sweep.__doc__ or "").strip().splitlines()[0]
+        if build_sweep.__doc__
+        else None
+    )
+    parser.add_argument("--debug", action="store_true")
+    _sweep_options(parser)
+    args = parser.parse_args(argv)
+    args.command = "sweep"
+    try:
+        return _run(build_sweep(smoke=args.smoke), args)
+    except Exception as err:
+        if args.debug or not isinstance(err, _user_errors()):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

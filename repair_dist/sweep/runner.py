@@ -1,0 +1,282 @@
+"""Run a sweep: stage 1 trains the distinct endpoints, stage 2 runs one trial per (pair, method).
+
+Resume is by content, not by Tune's experiment state: before each stage the runner asks the
+checkpoint store (stage 1) and the ``trials`` Parquet table (stage 2) what is already done and
+schedules only the rest. Rerunning the same command after Ctrl+C, a killed driver or a lost
+node therefore retrains nothing, recomputes no finished trial and writes no duplicate row; the
+MLflow child runs are found again by their ``trial_key`` tag, so none is duplicated either.
+
+MLflow is written by this driver only (from each finished trial's Parquet files), so worker
+nodes need no route to the tracking server and an unreachable server loses nothing: the
+Parquet tables are the record and ``repair-dist sync-mlflow`` backfills MLflow later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+# Quiet Tune: our own progress lines instead of its tables.
+# Must be set before Tune is imported.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+from ray import tune  # noqa: E402
+
+from ..distributed import ensure_ray, init_local_ray  # noqa: E402
+from ..store import CheckpointStore
+from . import results
+from .config import Sweep, TrialSpec, validate_sweep
+from .tracking import Tracker, TrackingUnavailable, default_tracking_uri, sync_from_parquet
+from .trainables import endpoint_trainable, merge_trainable, trial_to_dict
+
+log = logging.getLogger(__name__)
+
+
+class SweepIncomplete(RuntimeError):
+    """``Tuner.fit()`` returned but some trials did not finish (Ctrl+C, errors)."""
+
+
+@dataclass
+class SweepOutcome:
+    """What a run of :func:`run_sweep` did and where its results are."""
+
+    sweep: str
+    root: str
+    tracking_uri: str | None
+    endpoints_trained: int
+    endpoints_reused: int
+    trials_run: int
+    trials_reused: int
+    seconds: float
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    mlflow_problems: list[str] = field(default_factory=list)
+
+
+class Progress(tune.Callback):
+    """One quiet line per finished trial: done/running/failed of total, with an ETA."""
+
+    def __init__(self, stage: str, total: int, stream: Any = sys.stderr) -> None:
+        self.stage, self.total, self.stream = stage, total, stream
+        self.done = self.failed = self.running = 0
+        self.started = time.monotonic()
+
+    def _line(self) -> None:
+        elapsed = time.monotonic() - self.started
+        left = self.total - self.done - self.failed
+        eta = f"{elapsed / self.done * left:.0f}s" if self.done else "?"
+        print(
+            f"[{self.stage}] {self.done}/{self.total} done, {self.running} running, "
+            f"{self.failed} failed, {elapsed:.0f}s elapsed, ETA {eta}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.running += 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.running, self.done = max(0, self.running - 1), self.done + 1
+        self._line()
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.running, self.failed = max(0, self.running - 1), self.failed + 1
+        self._line()
+
+
+class MlflowLogger(tune.Callback):
+    """Logs each finished stage-2 trial to MLflow from its Parquet files (driver side)."""
+
+    def __init__(self, tracker: Tracker | None, root: str) -> None:
+        self.tracker, self.root = tracker, root
+        self.problems: list[str] = []
+
+    def log(self, spec: TrialSpec) -> None:
+        if self.tracker is None:
+            return
+        try:
+            log_trial_to_mlflow(self.tracker, self.root, spec)
+        except TrackingUnavailable as err:
+            self.problems.append(str(err))
+            log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        from .trainables import trial_from_dict
+
+        self.log(trial_from_dict(trial.config["trial"]))
+
+
+def log_trial_to_mlflow(tracker: Tracker, root: str, spec: TrialSpec) -> str:
+    key = spec.key()
+    rows = results.read_table(root, "trials", spec.sweep)
+    rows = rows[rows["trial_key"] == key]
+    curves = results.read_table(root, "curves", spec.sweep)
+    curves = curves[curves["trial_key"] == key]
+    files = [results.table_path(root, t, spec.sweep, key) for t in ("trials", "curves", "layers")]
+    png = os.path.join(root, "plots", f"sweep={spec.sweep}", f"{key}.png")
+    artifacts = [p for p in [*files, png] if "://" not in p and os.path.exists(p)]
+    return tracker.log_trial(key, spec.params(), rows, curves, artifacts, run_name=spec.run_name())
+
+
+def finished_trials(root: str, sweep: str) -> set[str]:
+    """Trial keys with a ``trials`` file (written last by a trial, so it marks completion)."""
+    done = results.read_table(root, "trials", sweep, columns=["trial_key"])
+    return set(done["trial_key"].astype(str))
+
+
+def _ray_up(address: str | None) -> None:
+    if address:
+        from ..distributed import connect
+
+        connect(address)
+    elif os.environ.get("RAY_ADDRESS"):
+        ensure_ray()
+    else:
+        init_local_ray()
+
+
+def _trial_resources(sweep: Sweep) -> Any:
+    """One worker: the trial itself computes. N workers: a placement group, driver + N."""
+    cpus, gpus, n = sweep.cpus_per_worker, sweep.gpus_per_worker, sweep.workers_per_trial
+    if n <= 1:
+        return {"cpu": cpus, "gpu": gpus}
+    worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return tune.PlacementGroupFactory([{"CPU": 0.25}] + [worker] * n)
+
+
+def _fit(trainable: Any, name: str, item: str, configs: list[dict], resources: Any, *, root: str,
+         callbacks: Sequence[tune.Callback], sweep: Sweep, verbose: int,
+         max_failures: int) -> Any:  # fmt: skip
+    storage = os.path.abspath(os.path.join(root, "tune")) if "://" not in root else f"{root}/tune"
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={item: tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True, max_concurrent_trials=sweep.max_concurrent_trials
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            verbose=verbose,
+            callbacks=list(callbacks),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    return tuner.fit()
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    root: str | os.PathLike = "results",
+    store: str | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    verbose: int = 0,
+    max_failures: int = 2,
+    mlflow: bool = True,
+) -> SweepOutcome:
+    """Validate, train missing endpoints, run unfinished trials, log, summarise.
+
+    ``root``: results root (local path or pyarrow URI); ``store``: checkpoint store URI
+    (default ``<root>/checkpoints``); ``tracking_uri``: MLflow (default sqlite under a local
+    root); ``address``: an existing Ray cluster (default: ``$RAY_ADDRESS`` or a local
+    loopback-only Ray). Raises SweepConfigError before anything runs, SweepIncomplete when
+    some trials did not finish (rerun the same call to resume).
+    """
+    started = time.monotonic()
+    root = os.fspath(root)
+    if "://" not in root:
+        root = os.path.abspath(root)
+    store_uri = store or (
+        f"{root}/checkpoints" if "://" in root else os.path.join(root, "checkpoints")
+    )
+    if tracking_uri is None and mlflow and "://" not in root:
+        tracking_uri = default_tracking_uri(root)
+    validate_sweep(sweep)  # cheap checks before Ray starts
+    _ray_up(address)
+    import ray
+
+    validate_sweep(sweep, cluster_resources=ray.cluster_resources())
+
+    # ---- stage 1: endpoints ----------------------------------------------------------------
+    ckpts = CheckpointStore(store_uri)
+    endpoints = sweep.endpoints()
+    todo = [ep for ep in endpoints if not ckpts.has(ep.key())]
+    written = set(results.read_table(root, "endpoints", sweep.name, columns=["endpoint_key"])[
+        "endpoint_key"
+    ].astype(str))  # fmt: skip
+    common = dict(sweep=sweep.name, store_uri=store_uri, root=root, data_root=sweep.data_root)
+    train_cpus = max(1.0, sweep.cpus_per_worker)
+    if todo:
+        print(f"[{sweep.name}] stage 1: training {len(todo)} of {len(endpoints)} endpoints",
+              file=sys.stderr, flush=True)  # fmt: skip
+        fn = tune.with_parameters(endpoint_trainable, cpus=train_cpus, **common)
+        _fit(fn, f"{sweep.name}-endpoints", "endpoint", [asdict(ep) for ep in todo],
+             {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}, root=root,
+             callbacks=[Progress("endpoints", len(todo))], sweep=sweep, verbose=verbose,
+             max_failures=max_failures)  # fmt: skip
+    missing = [ep.key() for ep in endpoints if not ckpts.has(ep.key())]
+    if missing:
+        raise SweepIncomplete(
+            f"sweep {sweep.name!r}: {len(missing)} of {len(endpoints)} endpoints did not train "
+            f"(interrupted or failed; see {root}/tune). Rerun the same command to resume."
+        )
+    for ep in endpoints:  # endpoints trained by another sweep still get this sweep's row
+        if ep.key() not in written:
+            from .trainables import train_endpoint
+
+            row = train_endpoint(ep, ckpts, sweep.data_root)
+            results.write_rows(root, "endpoints", sweep.name, ep.key(), pd.DataFrame([row]))
+
+    # ---- stage 2: merge trials --------------------------------------------------------------
+    trials = sweep.trials()
+    done = finished_trials(root, sweep.name)
+    pending = [t for t in trials if t.key() not in done]
+    tracker = Tracker(tracking_uri, sweep.name) if tracking_uri else None
+    mlflow_cb = MlflowLogger(tracker, root)
+    if pending:
+        print(f"[{sweep.name}] stage 2: {len(pending)} of {len(trials)} merge trials to run",
+              file=sys.stderr, flush=True)  # fmt: skip
+        fn = tune.with_parameters(
+            merge_trainable,
+            store_uri=store_uri, root=root, data_root=sweep.data_root,
+            workers=sweep.workers_per_trial, cpus=sweep.cpus_per_worker,
+        )  # fmt: skip
+        _fit(fn, f"{sweep.name}-trials", "trial", [trial_to_dict(t) for t in pending],
+             _trial_resources(sweep), root=root,
+             callbacks=[Progress("trials", len(pending)), mlflow_cb], sweep=sweep,
+             verbose=verbose, max_failures=max_failures)  # fmt: skip
+    done = finished_trials(root, sweep.name)
+    unfinished = [t for t in trials if t.key() not in done]
+    # MLflow: anything finished but not logged (earlier interrupted runs, server down) now.
+    if tracker is not None:
+        try:
+            sync_from_parquet(root, tracking_uri, sweep.name)
+        except TrackingUnavailable as err:
+            mlflow_cb.problems.append(str(err))
+    if unfinished:
+        names = ", ".join(t.run_name() for t in unfinished[:5])
+        raise SweepIncomplete(
+            f"sweep {sweep.name!r}: {len(unfinished)} of {len(trials)} trials did not finish "
+            f"({names}{', ...' if len(unfinished) > 5 else ''}); interrupted or failed, see "
+            f"{root}/tune. Rerun the same command to resume: finished work is kept."
+        )
+    table = results.read_table(root, "trials", sweep.name)
+    return SweepOutcome(
+        sweep=sweep.name,
+        root=root,
+        tracking_uri=tracking_uri,
+        endpoints_trained=len(todo),
+        endpoints_reused=len(endpoints) - len(todo),
+        trials_run=len(pending),
+        trials_reused=len(trials) - len(pending),
+        seconds=time.monotonic() - started,
+        summary=results.summarize(table) if not table.empty else table,
+        mlflow_problems=mlflow_cb.problems,
+    )

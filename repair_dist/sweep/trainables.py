@@ -1,0 +1,183 @@
+"""The two Ray Tune function trainables: train one endpoint (stage 1), run one merge trial (2).
+
+Both are idempotent, because Tune may run a trial twice (a retry after a node died, or
+``Tuner.restore`` after a driver crash): stage 1 skips training when the checkpoint store
+already holds an intact checkpoint under the endpoint's key; stage 2 writes its Parquet files
+under its trial key (a rerun replaces them) with the ``trials`` file last, so its presence
+marks a finished trial. Trials never talk to MLflow: the driver logs from the Parquet files,
+so worker nodes need no access to the tracking server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+import torch
+from ray import tune
+from torch.utils.data import Dataset
+
+from ..data import load_dataset
+from ..metrics import collapsed_filters, evaluate, total_collapsed
+from ..models import build_model
+from ..pipeline import merge_trial
+from ..store import CheckpointStore
+from ..train import train_model
+from . import results
+from .config import EndpointConfig, TrialSpec
+
+#: Columns identifying a trial's net, copied into every table row of that trial.
+_ID_COLUMNS = ("model", "width", "depth", "norm", "dataset")
+
+
+def load_sweep_data(
+    dataset: str, data_root: str | None, limit: int | None
+) -> tuple[Dataset, Dataset]:
+    """The dataset of a sweep, the same in every process (deterministic splits)."""
+    opts: dict[str, Any] = {}
+    if limit is not None:
+        if dataset in ("fashion-mnist", "cifar10"):
+            opts = {"limit_train": limit, "limit_test": max(1, limit // 5)}
+        elif dataset == "synthetic":
+            opts = {"n_train": limit, "n_test": max(1, limit // 5)}
+    return load_dataset(dataset, root=data_root, **opts)
+
+
+def _threads(cpus: float) -> None:
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def endpoint_from_dict(d: dict[str, Any]) -> EndpointConfig:
+    return EndpointConfig(**d)
+
+
+def trial_from_dict(d: dict[str, Any]) -> TrialSpec:
+    return TrialSpec(**{**d, "a": EndpointConfig(**d["a"]), "b": EndpointConfig(**d["b"])})
+
+
+def trial_to_dict(spec: TrialSpec) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def train_endpoint(
+    ep: EndpointConfig, store: CheckpointStore, data_root: str | None = None
+) -> dict[str, Any]:
+    """Train ``ep`` unless the store already holds it; returns its ``endpoints`` table row."""
+    key = ep.key()
+    if not store.has(key):
+        train, test = load_sweep_data(ep.dataset, data_root, ep.data_limit)
+        torch.manual_seed(ep.seed)  # the architecture's init is part of the seed's identity
+        net = build_model(ep.model, **ep.model_kwargs(data_root))
+        started = time.perf_counter()
+        net = train_model(
+            net, train, epochs=ep.epochs, seed=ep.seed, batch_size=ep.batch_size, lr=ep.lr
+        )
+        seconds = time.perf_counter() - started
+        tr, te = evaluate(net, train), evaluate(net, test)
+        meta = {
+            **ep.params(),
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "test_loss": te["loss"],
+            "test_acc": te["acc"],
+            "collapsed_filters": total_collapsed(collapsed_filters(net, train)),
+            "train_seconds": seconds,
+        }
+        store.save(key, net.cpu(), meta)
+    meta = {**store.meta(key), **ep.params()}  # the store's "model" is the build config
+    row = {col: meta.get(col) for col in results.REQUIRED["endpoints"]}
+    row["uri"] = store.path(key)
+    return row
+
+
+def endpoint_trainable(config: dict[str, Any], *, sweep: str, store_uri: str, root: str,
+                       data_root: str | None, cpus: float) -> None:  # fmt: skip
+    """Stage 1 (Tune): train one endpoint into the store; one ``endpoints`` row per sweep."""
+    _threads(cpus)
+    ep = endpoint_from_dict(config["endpoint"])
+    row = train_endpoint(ep, CheckpointStore(store_uri), data_root)
+    results.write_rows(root, "endpoints", sweep, ep.key(), pd.DataFrame([row]))
+    tune.report({"test_acc": float(row["test_acc"]), "done": 1})
+
+
+def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
+    """The Parquet rows of one finished merge trial (DESIGN.md §5)."""
+    params = spec.params()
+    ids = {c: params[c] for c in _ID_COLUMNS}
+    key = spec.key()
+    trials = outcome.barriers.assign(
+        trial_key=key,
+        endpoint_a=params["endpoint_a"],
+        endpoint_b=params["endpoint_b"],
+        method=spec.method,
+        seed_a=spec.a.seed,
+        seed_b=spec.b.seed,
+        seconds=outcome.seconds,
+        **ids,
+    )
+    curves = outcome.curves.assign(trial_key=key, method=spec.method, **ids)
+    layers = outcome.layers.assign(trial_key=key, method=spec.method, **ids)
+    return {"curves": curves, "layers": layers, "trials": trials}
+
+
+def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
+                    data_root: str | None = None, workers: Any = 1) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """Align, interpolate, renormalise, evaluate; write the trial's Parquet files and plot."""
+    net_a, _ = store.load(spec.a.key())
+    net_b, _ = store.load(spec.b.key())
+    train, test = load_sweep_data(spec.a.dataset, data_root, spec.a.data_limit)
+    outcome = merge_trial(
+        net_a,
+        net_b,
+        train,
+        test,
+        method=spec.method,
+        variants=spec.variants,
+        alphas=list(spec.alphas),
+        residual=spec.residual,
+        batch_size=spec.batch_size,
+        seed=spec.a.seed,
+        workers=workers,
+    )
+    tables = trial_tables(spec, outcome)
+    key = spec.key()
+    for table in ("curves", "layers", "trials"):  # "trials" last: it marks the trial finished
+        results.write_rows(root, table, spec.sweep, key, tables[table], extra="drop")
+    _plot_trial(spec, tables["curves"], root)
+    return tables
+
+
+def _plot_trial(spec: TrialSpec, curves: pd.DataFrame, root: str) -> None:
+    if "://" in str(root):
+        return  # plots of remote stores are made by `repair-dist plot`
+    from .plots import plot_trial_curves
+
+    path = os.path.join(root, "plots", f"sweep={spec.sweep}", f"{spec.key()}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    plot_trial_curves(curves, path, title=f"{spec.sweep}: {spec.run_name()}")
+
+
+def merge_trainable(config: dict[str, Any], *, store_uri: str, root: str, data_root: str | None,
+                    workers: int, cpus: float) -> None:  # fmt: skip
+    """Stage 2 (Tune): one (pair, method) trial; shards its passes over the trial's workers."""
+    _threads(cpus)
+    spec = trial_from_dict(config["trial"])
+    executor: Any = 1
+    if workers > 1:
+        from ..distributed import pool_of_size
+
+        executor = pool_of_size(workers)  # lives in this trial's placement group
+    tables = run_merge_trial(
+        spec, CheckpointStore(store_uri), root, data_root=data_root, workers=executor
+    )
+    by_variant = tables["trials"].set_index("variant")
+    tune.report(
+        {
+            "barrier_loss_mid_aligned": float(by_variant.loc["aligned", "barrier_loss_mid"]),
+            "acc_mid_aligned": float(by_variant.loc["aligned", "acc_mid"]),
+            "done": 1,
+        }
+    )
