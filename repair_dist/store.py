@@ -27,9 +27,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -219,15 +221,35 @@ def is_intact(directory: str | os.PathLike) -> bool:
     return True
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _torch_load_problem(path: Path, error: Exception) -> str:
+    """What went wrong in ``torch.load(weights_only=True)``, in one line.
+
+    torch's own message for a truncated or garbage file talks about ``weights_only`` and how
+    to switch it off, which is the wrong advice there; ``torch.save`` writes a zip archive, so
+    a file that is not one is reported as damaged instead.
+    """
+    if not zipfile.is_zipfile(path):
+        return (
+            "not a torch.save archive (truncated, garbage, or the pre-1.6 legacy format; "
+            "re-save it with torch.save(state_dict, path))"
+        )
+    first = _ANSI.sub("", str(error)).strip().splitlines()
+    detail = first[0] if first else ""
+    return (
+        "cannot read the torch state_dict with weights_only=True "
+        f"({type(error).__name__}: {detail}); only tensors and plain containers are accepted"
+    )
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix in _TORCH_SUFFIXES:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncation, refused globals
-            raise CheckpointError(
-                f"checkpoint {path}: cannot read torch state_dict with weights_only=True "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-            ) from None
+            raise CheckpointError(f"checkpoint {path}: {_torch_load_problem(path, e)}") from None
         # Common wrappers: {"state_dict": {...}} / {"model": {...}}.
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -343,7 +365,8 @@ def register_checkpoint(
         raise CheckpointError(f"checkpoint {src}: no such weights file")
     if src.suffix not in (*_TORCH_SUFFIXES, ".safetensors"):
         raise CheckpointError(
-            f"checkpoint {src}: unknown weights format {src.suffix!r}; use .pt, .pth or .safetensors"
+            f"checkpoint {src}: unknown weights format {src.suffix!r}; "
+            "use .pt, .pth or .safetensors"
         )
     load_into(net, _read_state_dict(src), src)
     final = Path(directory).absolute()

@@ -52,3 +52,30 @@ def ray_ready(ray_local):
     if not ray.is_initialized():
         init_local_ray(num_cpus=2, object_store_memory=200 * 1024**2)
     return ray
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """An empty, fully migrated MLflow sqlite store, made once per session.
+
+    Creating a store runs MLflow's migrations (seconds); tests copy this file instead.
+    """
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_root(tmp_path, mlflow_template):
+    """A fresh results root whose ``mlflow.db`` is a copy of the template store.
+
+    ``repair_dist.sweep.tracking.default_tracking_uri(mlflow_root)`` is its tracking URI.
+    """
+    import shutil
+
+    root = tmp_path / "results"
+    root.mkdir()
+    shutil.copyfile(mlflow_template, root / "mlflow.db")
+    return root

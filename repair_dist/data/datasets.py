@@ -176,16 +176,11 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-def load_fashion_mnist(
-    root: str | os.PathLike[str] | None = None,
-    *,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-) -> Split:
-    """Fashion-MNIST from the original idx files (Debian ``dataset-fashion-mnist``)."""
+def _fashion_paths(root: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Path]]:
+    """(folder, idx file per part), or FileNotFoundError naming the package to install."""
     folder = _data_root("fashion-mnist", root)
-    paths = {key: _find_idx(folder, stem) for key, stem in _FASHION_FILES.items()}
-    missing = [_FASHION_FILES[k] for k, p in paths.items() if p is None]
+    found = {key: _find_idx(folder, stem) for key, stem in _FASHION_FILES.items()}
+    missing = [_FASHION_FILES[k] for k, p in found.items() if p is None]
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}[.gz]). "
@@ -193,7 +188,18 @@ def load_fashion_mnist(
             f"(`apt-get install dataset-fashion-mnist`, installs under {FASHION_MNIST_ROOT}) "
             "or pass root= a directory holding the four idx files."
         )
-    arrays = {key: read_idx(p) for key, p in paths.items()}  # type: ignore[arg-type]
+    return folder, {k: p for k, p in found.items() if p is not None}
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> Split:
+    """Fashion-MNIST from the original idx files (Debian ``dataset-fashion-mnist``)."""
+    folder, paths = _fashion_paths(root)
+    arrays = {key: read_idx(p) for key, p in paths.items()}
     x_train = torch.from_numpy(arrays["train_images"].astype(np.float32) / 255.0).unsqueeze(1)
     x_test = torch.from_numpy(arrays["test_images"].astype(np.float32) / 255.0).unsqueeze(1)
     y_train = torch.from_numpy(arrays["train_labels"].astype(np.int64))
@@ -223,6 +229,19 @@ def _cifar_folder(root: Path) -> Path | None:
     return None
 
 
+def _cifar_location(root: str | os.PathLike[str] | None) -> Path:
+    """The folder holding CIFAR-10's pickles, or FileNotFoundError describing the layout."""
+    base = _data_root("cifar10", root)
+    folder = _cifar_folder(base)
+    if folder is None:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found under {base}: expected torchvision's layout "
+            f"{base}/{_CIFAR_LAYOUT} (the python version of the dataset). "
+            "Pass root= the directory that holds cifar-10-batches-py."
+        )
+    return folder
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as f:
         entry = pickle.load(f, encoding="bytes")  # local files, as torchvision does
@@ -243,14 +262,7 @@ def load_cifar10(
     Parsing the pickles directly (instead of ``torchvision.datasets.CIFAR10``) gives tensors
     for the fast batch path and skips torchvision's md5 checks and per-item PIL conversion.
     """
-    base = _data_root("cifar10", root)
-    folder = _cifar_folder(base)
-    if folder is None:
-        raise FileNotFoundError(
-            f"CIFAR-10 not found under {base}: expected torchvision's layout "
-            f"{base}/{_CIFAR_LAYOUT} (the python version of the dataset). "
-            "Pass root= the directory that holds cifar-10-batches-py."
-        )
+    folder = _cifar_location(root)
     train_files = sorted(folder.glob("data_batch_*"), key=lambda p: p.name)
     train_parts = [_read_cifar_batch(p) for p in train_files]
     x_test_np, y_test_np = _read_cifar_batch(folder / "test_batch")
@@ -278,6 +290,22 @@ def _has_class_dirs(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_dir() for p in folder.iterdir())
 
 
+def _imagenet_splits(root: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Path]]:
+    """(root, {"train": ..., "val": ...}) or FileNotFoundError describing the ImageFolder layout.
+
+    Looks only for class folders (no image scan), so it is cheap even for the full ImageNet.
+    """
+    base = _data_root("imagenet", root)
+    splits = {s: base / s for s in ("train", "val")}
+    bad = [str(p) for p in splits.values() if not _has_class_dirs(p)]
+    if bad:
+        raise FileNotFoundError(
+            f"ImageNet not found under {base}: missing or empty {', '.join(bad)}. Expected an "
+            "ImageFolder layout: <root>/train/<class>/<image> and <root>/val/<class>/<image>."
+        )
+    return base, splits
+
+
 def load_imagenet(
     root: str | os.PathLike[str] | None = None,
     *,
@@ -291,14 +319,7 @@ def load_imagenet(
     """
     from torchvision import datasets, transforms
 
-    base = _data_root("imagenet", root)
-    splits = {s: base / s for s in ("train", "val")}
-    bad = [str(p) for p in splits.values() if not _has_class_dirs(p)]
-    if bad:
-        raise FileNotFoundError(
-            f"ImageNet not found under {base}: missing or empty {', '.join(bad)}. Expected an "
-            "ImageFolder layout: <root>/train/<class>/<image> and <root>/val/<class>/<image>."
-        )
+    base, splits = _imagenet_splits(root)
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     resize = max(image_size, round(image_size * 256 / 224))
     eval_tf = transforms.Compose(
@@ -385,6 +406,23 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **opts: 
     if key == "cifar10":
         return load_cifar10(root, **opts)
     return load_imagenet(root, **opts)
+
+
+def check_dataset(name: str, root: str | os.PathLike[str] | None = None) -> None:
+    """Raise what :func:`load_dataset` would raise if ``name`` is unknown or not on this machine.
+
+    ValueError for an unknown name, FileNotFoundError (the loader's own message: where it
+    looked and how to get the data) for missing files. Existence checks only, nothing is read,
+    so sweep validation can call it before anything is scheduled.
+    """
+    key = _canonical(name)
+    if key == "fashion-mnist":
+        _fashion_paths(root)
+    elif key == "cifar10":
+        _cifar_location(root)
+    elif key == "imagenet":
+        _imagenet_splits(root)
+    # digits ships inside scikit-learn's wheel; synthetic is generated.
 
 
 def dataset_info(name: str, root: str | os.PathLike[str] | None = None, **opts: Any) -> dict:

@@ -38,3 +38,14 @@ def quickstart_sweep(smoke: bool = False) -> Sweep:
         epochs=25,
         alphas=11,
     )
+
+
+def fashion_or_digits() -> str:
+    """Fashion-MNIST where Debian's ``dataset-fashion-mnist`` is installed, else digits."""
+    from ..data import check_dataset
+
+    try:
+        check_dataset("fashion-mnist")
+    except (FileNotFoundError, ValueError):
+        return "digits"
+    return "fashion-mnist"

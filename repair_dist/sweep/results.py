@@ -353,7 +353,7 @@ def summarize(
 
 
 def _fmt_number(x: object) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if x is None or x is pd.NA or x is pd.NaT or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, (float, np.floating)):
         if float(x).is_integer() and abs(x) < 1e6:

@@ -61,8 +61,8 @@ class SweepOutcome:
 class Progress(tune.Callback):
     """One quiet line per finished trial: done/running/failed of total, with an ETA."""
 
-    def __init__(self, stage: str, total: int, stream: Any = sys.stderr) -> None:
-        self.stage, self.total, self.stream = stage, total, stream
+    def __init__(self, stage: str, total: int) -> None:
+        self.stage, self.total = stage, total
         self.done = self.failed = self.running = 0
         self.started = time.monotonic()
 
@@ -73,7 +73,7 @@ class Progress(tune.Callback):
         print(
             f"[{self.stage}] {self.done}/{self.total} done, {self.running} running, "
             f"{self.failed} failed, {elapsed:.0f}s elapsed, ETA {eta}",
-            file=self.stream,
+            file=sys.stderr,  # looked up per call: Tune pickles its callbacks
             flush=True,
         )
 
@@ -190,6 +190,7 @@ def run_sweep(
     some trials did not finish (rerun the same call to resume).
     """
     started = time.monotonic()
+    validate_sweep(sweep)  # cheap checks before anything starts or is written
     root = os.fspath(root)
     if "://" not in root:
         root = os.path.abspath(root)
@@ -198,7 +199,6 @@ def run_sweep(
     )
     if tracking_uri is None and mlflow and "://" not in root:
         tracking_uri = default_tracking_uri(root)
-    validate_sweep(sweep)  # cheap checks before Ray starts
     _ray_up(address)
     import ray
 

@@ -1,0 +1,562 @@
+"""MLflow tracking of sweeps (DESIGN.md §5): a view of the Parquet results, never the record.
+
+Layout: experiment = sweep name; one parent run per sweep (tag ``sweep_parent=<sweep>``); one
+child run per trial (tag ``trial_key``) or endpoint (tag ``endpoint_key``). MLflow never
+deduplicates runs, so every run is looked up by its tag before one is created, and after
+creating one the lookup is repeated: if two processes raced, the oldest run wins and the
+others are deleted. A resumed sweep therefore reuses its runs instead of duplicating them.
+
+Parquet files are the results of record; MLflow is a convenience for browsing. Logging is
+idempotent (a reused run only receives the params and metrics it does not have yet, so
+metric histories never double), fails fast (no HTTP retries, a short timeout) and raises
+:class:`TrackingUnavailable`, which the runner catches so that an MLflow outage never fails
+a trial; :func:`sync_from_parquet` later backfills whatever is missing.
+
+Every call goes through an explicit :class:`~mlflow.tracking.MlflowClient` with an explicit
+tracking URI; nothing relies on MLflow's global active run, because trials log from parallel
+processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .results import TABLES, read_table, table_path
+
+if TYPE_CHECKING:  # mlflow is imported lazily: it costs seconds and only trackers need it
+    from mlflow.tracking import MlflowClient
+
+#: Tag of the per-sweep parent run.
+PARENT_TAG = "sweep_parent"
+#: Metrics of a trial that do not depend on the variant (logged once, without a suffix).
+ENDPOINT_METRICS = ("acc_a", "acc_b", "loss_a", "loss_b", "seconds")
+#: Per-variant metrics, logged as ``<metric>.<variant>``; also any ``barrier_*``/``reduction_*``.
+VARIANT_METRICS = (
+    "acc_mid",
+    "loss_mid",
+    "barrier_acc_mid",
+    "barrier_loss_mid",
+    "barrier_acc_max",
+    "barrier_loss_max",
+    "reduction_vs_aligned",
+    "reduction_loss_vs_aligned",
+)
+#: Columns of the trials table that become params of a backfilled run.
+_PARAM_COLUMNS = (
+    "sweep",
+    "trial_key",
+    "model",
+    "dataset",
+    "width",
+    "depth",
+    "norm",
+    "method",
+    "seed_a",
+    "seed_b",
+    "endpoint_a",
+    "endpoint_b",
+)
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LEN = 1000, 100, 6000
+_ENV_LOCK = threading.RLock()
+
+
+class TrackingUnavailable(RuntimeError):
+    """MLflow could not be reached or refused a write; the results in Parquet are unaffected."""
+
+
+def default_tracking_uri(root: str | os.PathLike) -> str:
+    """``sqlite:///<abs root>/mlflow.db`` (MLflow 3 refuses plain file stores); creates root."""
+    path = Path(root).expanduser().absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def default_artifact_root(root: str | os.PathLike) -> str:
+    """``<abs root>/mlartifacts``: where runs of a local store keep their files."""
+    return str(Path(root).expanduser().absolute() / "mlartifacts")
+
+
+def _sqlite_root(uri: str) -> Path | None:
+    """The directory holding the database of a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :]).parent
+
+
+def _check_safe(what: str, value: str) -> str:
+    # Values go into MLflow filter strings between single quotes, which cannot be escaped.
+    if not isinstance(value, str) or not _SAFE.match(value):
+        raise ValueError(f"{what} {value!r}: use letters, digits and _ . + - only")
+    return value
+
+
+@contextlib.contextmanager
+def _fail_fast(timeout: float, max_retries: int) -> Iterator[None]:
+    """No retries and a short timeout for MLflow's HTTP calls while inside (env vars are
+    read per request); serialised, because the environment is process-wide."""
+    settings = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout))),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    }
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in settings}
+        os.environ.update(settings)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _finite(x: object) -> float | None:
+    try:
+        v = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _param_value(v: object) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)[:_MAX_PARAM_LEN]
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def trial_metrics(barriers: pd.DataFrame) -> dict[str, float]:
+    """``{name: value}`` from one row per variant: ``barrier_acc_mid.<variant>`` etc.
+
+    Variant-independent values (endpoint accuracies and losses, seconds) come once, without a
+    suffix. Non-finite values (a reduction undefined for a zero barrier) are left out.
+    """
+    if "variant" not in barriers.columns:
+        raise ValueError("barriers need a 'variant' column (one row per variant)")
+    out: dict[str, float] = {}
+    per_variant = [
+        c
+        for c in barriers.columns
+        if c in VARIANT_METRICS or c.startswith(("barrier_", "reduction_"))
+    ]
+    for _, row in barriers.iterrows():
+        variant = str(row["variant"])
+        for col in per_variant:
+            v = _finite(row[col])
+            if v is not None:
+                out[f"{col}.{variant}"] = v
+        for col in ENDPOINT_METRICS:
+            v = _finite(row[col]) if col in barriers.columns else None
+            if v is not None:
+                out.setdefault(col, v)
+    return out
+
+
+def curve_metrics(curves: pd.DataFrame) -> list[tuple[str, float, int]]:
+    """``(name, value, step)`` with step = index of alpha in the sorted alphas of the curve.
+
+    Names: ``curve.<split>.<variant>.loss`` / ``.acc``, plus ``curve.alpha`` (step -> alpha),
+    so a chart of a step metric reads against alpha.
+    """
+    if curves.empty:
+        return []
+    missing = [c for c in ("variant", "alpha", "split", "loss", "acc") if c not in curves.columns]
+    if missing:
+        raise ValueError(f"curves lack column(s) {', '.join(missing)}")
+    alphas = sorted({float(a) for a in curves["alpha"]})
+    step = {a: i for i, a in enumerate(alphas)}
+    out = [("curve.alpha", a, i) for i, a in enumerate(alphas)]
+    for row in curves.itertuples(index=False):
+        for what in ("loss", "acc"):
+            v = _finite(getattr(row, what))
+            if v is not None:
+                name = f"curve.{row.split}.{row.variant}.{what}"
+                out.append((name, v, step[float(row.alpha)]))
+    return out
+
+
+def _artifact_dir(path: Path) -> str | None:
+    """``<table>`` for a results file (``.../<table>/sweep=<s>/<key>.parquet``), else None.
+
+    A trial's Parquet files are all named ``<trial_key>.parquet``; filing them under their
+    table's name keeps them from overwriting each other in the run's artifacts.
+    """
+    parent = path.parent
+    if parent.name.startswith("sweep=") and parent.parent.name in TABLES:
+        return parent.parent.name
+    return None
+
+
+def _run_name(params: Mapping[str, Any], key: str) -> str:
+    parts = []
+    for field, prefix in (("model", ""), ("width", "w"), ("depth", "d"), ("norm", "")):
+        v = params.get(field)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            parts.append(f"{prefix}{_param_value(v)}")
+    if params.get("seed_a") is not None and params.get("seed_b") is not None:
+        parts.append(f"s{_param_value(params['seed_a'])}s{_param_value(params['seed_b'])}")
+    if params.get("method"):
+        parts.append(str(params["method"]))
+    return "-".join(parts) if parts else key
+
+
+class Tracker:
+    """MLflow logging for one sweep through an explicit client (safe in parallel processes).
+
+    ``artifact_root`` defaults to ``<store dir>/mlartifacts`` for a ``sqlite:///`` URI (the
+    server decides otherwise). Each MLflow call runs with ``max_retries`` HTTP retries and a
+    ``timeout`` in seconds; any failure raises :class:`TrackingUnavailable`.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        sweep: str,
+        *,
+        artifact_root: str | os.PathLike | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.sweep = _check_safe("sweep name", sweep)
+        if artifact_root is None and (root := _sqlite_root(tracking_uri)) is not None:
+            artifact_root = default_artifact_root(root)
+        self.artifact_root = None if artifact_root is None else os.fspath(artifact_root)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._client_obj: MlflowClient | None = None
+        self._experiment: str | None = None
+        self._parent: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Tracker({self.tracking_uri!r}, {self.sweep!r})"
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        with _fail_fast(self.timeout, self.max_retries):
+            try:
+                yield
+            except TrackingUnavailable:
+                raise
+            except Exception as e:  # connection, HTTP, database and MLflow errors alike
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise TrackingUnavailable(
+                    f"MLflow at {self.tracking_uri} failed while {doing}: "
+                    f"{type(e).__name__}: {first[:300]}"
+                ) from e
+
+    @property
+    def _client(self) -> MlflowClient:
+        if self._client_obj is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client_obj = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client_obj
+
+    def experiment_id(self) -> str:
+        """Id of the experiment named after the sweep (created, or restored, on first use)."""
+        if self._experiment is not None:
+            return self._experiment
+        with self._guard(f"opening experiment {self.sweep!r}"):
+            self._experiment = self._get_or_create_experiment()
+        return self._experiment
+
+    def _get_or_create_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        client = self._client
+        found = client.get_experiment_by_name(self.sweep)
+        if found is None:
+            location = None
+            if self.artifact_root is not None:
+                location = str(Path(self.artifact_root) / self.sweep)
+            try:
+                return client.create_experiment(
+                    self.sweep, artifact_location=location, tags={"repair_dist.sweep": self.sweep}
+                )
+            except MlflowException:  # created by a parallel process in between
+                found = client.get_experiment_by_name(self.sweep)
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+
+    def _search(self, tag: str, value: str) -> list:
+        """Active runs of this experiment with ``tags.<tag> = value``, oldest first."""
+        runs, token = [], None
+        while True:
+            page = self._client.search_runs(
+                [self.experiment_id()],
+                filter_string=f"tags.{tag} = '{_check_safe(tag, value)}'",
+                max_results=1000,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    def _get_or_create_run(self, tag: str, value: str, tags: Mapping[str, str]) -> tuple[str, bool]:
+        """(run id, created) of the run tagged ``tag=value``; races resolve to the oldest run."""
+        existing = self._search(tag, value)
+        if existing:
+            return existing[0].info.run_id, False
+        run = self._client.create_run(self.experiment_id(), tags={tag: value, **tags})
+        mine = run.info.run_id
+        winner = self._search(tag, value)[0].info.run_id
+        if winner != mine:
+            self._client.delete_run(mine)
+            return winner, False
+        return mine, True
+
+    # -- public API ------------------------------------------------------------------------
+
+    def parent_run_id(self) -> str:
+        """The sweep's parent run (tag ``sweep_parent=<sweep>``), created on first use."""
+        if self._parent is None:
+            with self._guard(f"finding the parent run of {self.sweep!r}"):
+                self._parent, _ = self._get_or_create_run(
+                    PARENT_TAG, self.sweep, {"mlflow.runName": self.sweep}
+                )
+        return self._parent
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Mark the sweep's parent run ``status`` (FINISHED, FAILED, KILLED) at the sweep's end.
+
+        A resumed sweep logs into the same parent again; MLflow lets a finished run take
+        more children, so the status only tells how the latest attempt ended.
+        """
+        parent = self.parent_run_id()
+        with self._guard(f"closing the parent run of {self.sweep!r}"):
+            self._client.set_terminated(parent, status)
+
+    def find_run(self, tag: str, value: str) -> str | None:
+        """Id of the active run tagged ``tag=value`` (the oldest if several), or None."""
+        with self._guard(f"looking up {tag}={value}"):
+            runs = self._search(tag, value)
+        return runs[0].info.run_id if runs else None
+
+    def logged_keys(self, tag: str = "trial_key") -> set[str]:
+        """Every value of ``tag`` among this sweep's active runs (one paged query)."""
+        with self._guard(f"listing {tag}s"):
+            runs, token = [], None
+            while True:
+                page = self._client.search_runs(
+                    [self.experiment_id()],
+                    filter_string=f"tags.{tag} != ''",
+                    max_results=1000,
+                    page_token=token,
+                )
+                runs.extend(page)
+                token = page.token
+                if not token:
+                    break
+        return {r.data.tags[tag] for r in runs if tag in r.data.tags}
+
+    def log_trial(
+        self,
+        trial_key: str,
+        params: Mapping[str, Any],
+        barriers: pd.DataFrame,
+        curves: pd.DataFrame,
+        artifacts: Sequence[str | os.PathLike] = (),
+        *,
+        run_name: str | None = None,
+    ) -> str:
+        """Log one trial into its child run (found by tag ``trial_key``, else created).
+
+        ``barriers``: one row per variant (``barrier_*``, ``acc_mid``, ``loss_mid``,
+        ``reduction_vs_aligned`` ...); ``curves``: ``variant, alpha, split, loss, acc``.
+        ``artifacts``: files to attach; results-table files go under their table's name
+        (``trials/<key>.parquet``, ``curves/<key>.parquet``), others at the top.
+        Returns the run id. Raises TrackingUnavailable when MLflow fails.
+        """
+        run_id, _ = self._log_child(
+            "trial_key",
+            trial_key,
+            params,
+            trial_metrics(barriers),
+            curve_metrics(curves),
+            artifacts,
+            run_name,
+        )
+        return run_id
+
+    def log_endpoint(
+        self,
+        endpoint_key: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        artifacts: Sequence[str | os.PathLike] = (),
+        *,
+        run_name: str | None = None,
+    ) -> str:
+        """Log a trained endpoint into its child run (found by tag ``endpoint_key``)."""
+        values = {k: v for k, v in ((k, _finite(v)) for k, v in metrics.items()) if v is not None}
+        run_id, _ = self._log_child(
+            "endpoint_key", endpoint_key, params, values, [], artifacts, run_name
+        )
+        return run_id
+
+    def _log_child(
+        self,
+        tag: str,
+        key: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        steps: Iterable[tuple[str, float, int]],
+        artifacts: Sequence[str | os.PathLike],
+        run_name: str | None,
+        extra_tags: Mapping[str, str] | None = None,
+    ) -> tuple[str, bool]:
+        _check_safe(tag, key)
+        files = [Path(a) for a in artifacts]
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"artifacts to log do not exist: {', '.join(absent)}")
+        steps = list(steps)
+        with self._guard(f"logging {tag}={key}"):
+            parent = self.parent_run_id()
+            tags = {
+                "mlflow.parentRunId": parent,
+                "mlflow.runName": run_name or _run_name(params, key),
+                "sweep": self.sweep,
+                "kind": tag.removesuffix("_key"),
+                **(extra_tags or {}),
+            }
+            run_id, created = self._get_or_create_run(tag, key, tags)
+            self._write(run_id, created, params, metrics, steps)
+            for f in files:
+                self._client.log_artifact(run_id, str(f), _artifact_dir(f))
+            self._client.set_terminated(run_id, "FINISHED")
+        return run_id, created
+
+    def _write(
+        self,
+        run_id: str,
+        created: bool,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        steps: list[tuple[str, float, int]],
+    ) -> None:
+        """Params and metrics the run lacks (all of them for a new run), in MLflow's batches."""
+        from mlflow.entities import Metric, Param
+
+        have_params: Mapping[str, str] = {}
+        have_metrics: set[str] = set()
+        if not created:
+            data = self._client.get_run(run_id).data
+            have_params, have_metrics = data.params, set(data.metrics)
+        now = _now_ms()
+        new_params = [
+            Param(str(k), _param_value(v)) for k, v in params.items() if str(k) not in have_params
+        ]
+        new_metrics = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in have_metrics]
+        new_metrics += [Metric(k, v, now, s) for k, v, s in steps if k not in have_metrics]
+        for chunk in _chunks(new_params, _MAX_PARAMS):
+            self._client.log_batch(run_id, params=chunk)
+        for chunk in _chunks(new_metrics, _MAX_METRICS):
+            self._client.log_batch(run_id, metrics=chunk)
+
+
+# --------------------------------------------------------------------------------------------
+# backfill from Parquet
+# --------------------------------------------------------------------------------------------
+
+
+def _trial_params(rows: pd.DataFrame, epochs: Mapping[str, int]) -> dict[str, Any]:
+    first = rows.iloc[0]
+    params = {c: first[c] for c in _PARAM_COLUMNS if c in rows.columns and pd.notna(first[c])}
+    if "depth" in rows.columns and pd.isna(first["depth"]):
+        params["depth"] = None
+    if first.get("endpoint_a") in epochs:
+        params["epochs"] = epochs[first["endpoint_a"]]
+    return params
+
+
+def _local_trial_files(root: str | os.PathLike, sweep: str, key: str) -> list[str]:
+    if "://" in os.fspath(root):
+        return []
+    paths = (table_path(root, t, sweep, key) for t in ("trials", "curves", "layers"))
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def sync_from_parquet(
+    results_root: str | os.PathLike,
+    tracking_uri: str,
+    sweep: str | None = None,
+    **tracker_options: Any,
+) -> int:
+    """Create the MLflow runs of trials in the Parquet tables that have none yet.
+
+    For a sweep whose logging failed (MLflow down, a crash between the Parquet write and the
+    MLflow call) or that ran without tracking. Looks trials up by their ``trial_key`` tag, so
+    running it again creates nothing. Returns the number of runs created. Local results roots
+    also attach the trial's Parquet files as artifacts.
+    """
+    trials = read_table(results_root, "trials", sweep)
+    if trials.empty:
+        return 0
+    curves = read_table(results_root, "curves", sweep)
+    endpoints = read_table(results_root, "endpoints", sweep, columns=["endpoint_key", "epochs"])
+    epochs = dict(zip(endpoints["endpoint_key"], endpoints["epochs"], strict=True))
+    created = 0
+    for name, rows in trials.groupby("sweep", sort=True):
+        tracker = Tracker(tracking_uri, str(name), **tracker_options)
+        logged = tracker.logged_keys("trial_key")
+        sweep_curves = curves[curves["sweep"] == name]
+        for key, group in rows.groupby("trial_key", sort=True):
+            if key in logged:
+                continue
+            params = _trial_params(group, epochs)
+            _, was_created = tracker._log_child(
+                "trial_key",
+                str(key),
+                params,
+                trial_metrics(group),
+                curve_metrics(sweep_curves[sweep_curves["trial_key"] == key]),
+                _local_trial_files(results_root, str(name), str(key)),
+                None,
+                {"backfilled_from": "parquet"},
+            )
+            created += int(was_created)
+    return created
+
+
+__all__ = [
+    "ENDPOINT_METRICS",
+    "PARENT_TAG",
+    "VARIANT_METRICS",
+    "Tracker",
+    "TrackingUnavailable",
+    "curve_metrics",
+    "default_artifact_root",
+    "default_tracking_uri",
+    "sync_from_parquet",
+    "trial_metrics",
+]

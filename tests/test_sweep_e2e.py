@@ -1,0 +1,157 @@
+"""Sweeps end to end on real local Ray, a real sqlite MLflow store and real Parquet files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from repair_dist.cli import main as cli_main
+from repair_dist.sweep import results
+from repair_dist.sweep.config import ArchGrid, Sweep
+from repair_dist.sweep.runner import run_sweep
+from repair_dist.sweep.tracking import default_tracking_uri, sync_from_parquet
+
+pytestmark = pytest.mark.timeout(300)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_sweep(name: str = "tiny", seeds=(0, 1), methods=("activation", "weight")) -> Sweep:
+    return Sweep(
+        name=name,
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+        seeds=seeds,
+        epochs=2,
+        methods=methods,
+        variants=("full", "closed_form"),
+        alphas=3,
+    )
+
+
+def child_runs(tracking_uri: str, sweep: str) -> list:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "trial_key" in r.data.tags]
+
+
+def assert_each_trial_once(root: str, sweep: Sweep, tracking_uri: str | None = None) -> None:
+    trials = results.read_table(root, "trials", sweep.name)
+    expected_keys = {t.key() for t in sweep.trials()}
+    assert set(trials["trial_key"]) == expected_keys
+    per_trial = 2 + len(sweep.variants)  # naive, aligned, variants
+    assert len(trials) == len(expected_keys) * per_trial
+    assert not trials.duplicated(["trial_key", "variant"]).any()
+    curves = results.read_table(root, "curves", sweep.name)
+    assert not curves.duplicated(["trial_key", "variant", "alpha", "split"]).any()
+    assert len(curves) == len(expected_keys) * per_trial * len(sweep.alpha_grid()) * 2
+    if tracking_uri:
+        keys = [r.data.tags["trial_key"] for r in child_runs(tracking_uri, sweep.name)]
+        assert sorted(keys) == sorted(expected_keys)
+
+
+def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_ready, tmp_path):
+    sweep = tiny_sweep()
+    out = run_sweep(sweep, root=tmp_path)
+    root, uri = str(tmp_path), default_tracking_uri(tmp_path)
+    assert (out.endpoints_trained, out.trials_run) == (2, 2)
+    assert_each_trial_once(root, sweep, uri)
+    endpoints = results.read_table(root, "endpoints", sweep.name)
+    assert sorted(endpoints["seed"]) == [0, 1] and (endpoints["test_acc"] > 0.3).all()
+    layers = results.read_table(root, "layers", sweep.name)
+    assert {"naive", "aligned", "full"} <= set(layers["variant"]) and (
+        layers["std_ratio"] > 0
+    ).all()
+    for key in (t.key() for t in sweep.trials()):
+        png = tmp_path / "plots" / f"sweep={sweep.name}" / f"{key}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = child_runs(uri, sweep.name)[0]
+    assert (
+        "barrier_loss_mid.full" in run.data.metrics
+        and "barrier_acc_mid.aligned" in run.data.metrics
+    )
+    assert {"model", "method", "seed_a"} <= set(run.data.params)
+
+    again = run_sweep(sweep, root=tmp_path)  # nothing left to do: nothing redone, nothing doubled
+    assert (again.endpoints_trained, again.trials_run, again.trials_reused) == (0, 0, 2)
+    assert_each_trial_once(root, sweep, uri)
+
+
+def test_mlflow_unreachable_still_writes_every_parquet_row_and_sync_backfills(ray_ready, tmp_path):
+    sweep = tiny_sweep("offline", methods=("activation",))
+    started = time.monotonic()
+    out = run_sweep(sweep, root=tmp_path, tracking_uri="http://127.0.0.1:9")  # nothing listens
+    assert out.mlflow_problems, "the runner should report that MLflow was unreachable"
+    assert time.monotonic() - started < 200
+    assert_each_trial_once(str(tmp_path), sweep)
+    uri = default_tracking_uri(tmp_path)
+    assert sync_from_parquet(tmp_path, uri, sweep.name) == 1
+    assert sync_from_parquet(tmp_path, uri, sweep.name) == 0
+    assert_each_trial_once(str(tmp_path), sweep, uri)
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_sweep_e2e import tiny_sweep
+    from repair_dist.sweep.runner import run_sweep
+    run_sweep(tiny_sweep("resume", seeds=(0, 1, 2, 3)), root={root!r})
+    """
+)
+
+
+def test_a_killed_driver_resumes_without_redoing_or_duplicating_work(ray_ready, tmp_path):
+    sweep = tiny_sweep("resume", seeds=(0, 1, 2, 3))  # 4 trials
+    root = str(tmp_path)
+    trials_dir = tmp_path / "trials" / "sweep=resume"
+    code = DRIVER.format(tests=str(Path(__file__).parent), root=root)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        if trials_dir.exists() and any(trials_dir.glob("*.parquet")):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
+    proc.wait(timeout=30)
+    finished = {p.name: p.stat().st_mtime_ns for p in trials_dir.glob("*.parquet")}
+    assert 1 <= len(finished) < 4, f"kill should land mid-sweep, found {len(finished)} trials"
+
+    out = run_sweep(sweep, root=root)
+    assert out.endpoints_trained == 0 and out.trials_run == 4 - len(finished)
+    for name, mtime in finished.items():  # finished trials were not recomputed
+        assert (trials_dir / name).stat().st_mtime_ns == mtime
+    assert_each_trial_once(root, sweep, default_tracking_uri(root))
+
+
+def test_an_invalid_sweep_fails_before_anything_runs_with_one_message(tmp_path, capsys):
+    script = tmp_path / "bad.py"
+    script.write_text(
+        "from repair_dist.sweep.config import ArchGrid, Sweep\n"
+        "def build_sweep(smoke=False):\n"
+        "    return Sweep(name='bad', dataset='digits', archs=(ArchGrid('resnet20', widths=(3.5,)),),\n"
+        "                 seeds=(1, 1), methods=('telepathy',))\n"
+    )
+    code = cli_main(["sweep", str(script), "--root", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "width" in err and "seed" in err and "telepathy" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_reports_a_missing_script_and_an_empty_results_root(tmp_path, capsys):
+    assert cli_main(["sweep", str(tmp_path / "nope.py")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli_main(["results", "--root", str(tmp_path)]) == 2
+    assert "no trials" in capsys.readouterr().err
