@@ -30,6 +30,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_stats.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) results

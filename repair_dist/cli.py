@@ -17,7 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ROOT = "results"
+#: Results root: ``$REPAIR_DIST_STORE`` (set on cluster nodes by cluster.yaml) or ./results.
+DEFAULT_ROOT = os.environ.get("REPAIR_DIST_STORE", "results")
+#: MLflow: ``$MLFLOW_TRACKING_URI`` (the head's store on clusters) or sqlite under the root.
+DEFAULT_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 class UsageError(Exception):
@@ -220,7 +223,11 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny version: seconds, for tests")
     p.add_argument("--root", default=DEFAULT_ROOT, help="results root (path or s3://, gs://)")
     p.add_argument("--store", help="checkpoint store URI (default <root>/checkpoints)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite under --root)")
+    p.add_argument(
+        "--tracking-uri",
+        default=DEFAULT_TRACKING_URI,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite under --root)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Tune verbosity")
 
@@ -282,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the local store")
     p.add_argument("--root", default=DEFAULT_ROOT)
-    p.add_argument("--tracking-uri")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--expose", action="store_true", help="allow a non-loopback --host")
@@ -291,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync-mlflow", help="backfill MLflow runs from the Parquet tables")
     p.add_argument("sweep", nargs="?")
     p.add_argument("--root", default=DEFAULT_ROOT)
-    p.add_argument("--tracking-uri")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     p.set_defaults(func=cmd_sync_mlflow)
 
     p = sub.add_parser("check-cluster", help="validate a Ray cluster launcher config offline")
