@@ -10,6 +10,7 @@ so worker nodes need no access to the tracking server.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict
@@ -77,6 +78,11 @@ def train_endpoint(
         )
         seconds = time.perf_counter() - started
         tr, te = evaluate(net, train), evaluate(net, test)
+        if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
+            raise FloatingPointError(
+                f"endpoint {ep.model} w{ep.width:g} norm={ep.norm} seed={ep.seed} diverged "
+                f"(train loss {tr['loss']}, test loss {te['loss']}); set a lower lr in the sweep"
+            )
         meta = {
             **ep.params(),
             "train_loss": tr["loss"],
