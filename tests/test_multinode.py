@@ -8,45 +8,22 @@ import helpers
 import pytest
 import ray
 import torch
-from helpers import assert_stats_equal
-from ray.cluster_utils import Cluster
+from helpers import assert_stats_equal, local_cluster
 
 import repair_dist as rd
 from repair_dist.data import BatchPlan
-from repair_dist.distributed import ShardPool, WorkerResources, shutdown_pools
+from repair_dist.distributed import ShardPool, WorkerResources
 from repair_dist.passes import alignment_stats_pass
 from repair_dist.perm.activation import alignment_probes
 
 pytestmark = pytest.mark.timeout(120)
 
-#: Fast failure detection: a dead node is noticed in about a second, not half a minute.
-FAST_HEALTH_CHECKS = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 300,
-    "health_check_failure_threshold": 3,
-    "health_check_timeout_ms": 300,
-}
-
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Head (no CPUs: schedules nothing) + 2 worker nodes, everything on 127.0.0.1."""
-    shutdown_pools()
-    ray.shutdown()  # the session's single-node Ray, restarted by `ray_ready` when needed
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "node_ip_address": "127.0.0.1",
-            "_system_config": FAST_HEALTH_CHECKS,
-        },
-    )
-    nodes = [c.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
-    yield c, nodes
-    ray.shutdown()
-    c.shutdown()
+    """Head (no CPUs: schedules nothing) + 2 one-CPU worker nodes, everything on 127.0.0.1."""
+    with local_cluster(2, num_cpus=1) as made:
+        yield made
 
 
 def test_killing_a_worker_node_mid_pass_still_gives_the_whole_result(cluster, gaussian_images):

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
-from ray.cluster_utils import Cluster
+from helpers import local_cluster
 
-from repair_dist.distributed import shutdown_pools
 from repair_dist.store import CheckpointStore
 from repair_dist.sweep import results
 from repair_dist.sweep.runner import run_sweep
@@ -26,12 +24,6 @@ from repair_dist.sweep.trainables import run_merge_trial
 
 pytestmark = pytest.mark.timeout(400)
 REPO = Path(__file__).resolve().parents[1]
-FAST_HEALTH_CHECKS = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 300,
-    "health_check_failure_threshold": 3,
-    "health_check_timeout_ms": 300,
-}
 
 
 def _load_script(name: str):
@@ -43,26 +35,11 @@ def _load_script(name: str):
 
 @pytest.fixture(scope="module")
 def gpu_cluster(tmp_path_factory, monkeypatch_module):
-    shutdown_pools()
-    ray.shutdown()
     monkeypatch_module.setenv(
         "REPAIR_DIST_SMOKE_IMAGENET", str(tmp_path_factory.mktemp("tiny-imagenet"))
     )
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "node_ip_address": "127.0.0.1",
-            "_system_config": FAST_HEALTH_CHECKS,
-        },
-    )
-    nodes = [c.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
-    yield c, nodes
-    shutdown_pools()
-    ray.shutdown()
-    c.shutdown()
+    with local_cluster(2, num_cpus=1, num_gpus=1) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
