@@ -126,6 +126,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from .store import CheckpointStore
+    from .sweep.trainables import register_endpoint
+
+    sweep = _load_sweep_script(args.sweep_script, args.smoke)
+    wanted = {"model": args.model, "seed": args.seed, "width": args.width, "norm": args.norm}
+    if args.depth is not None:
+        wanted["depth"] = args.depth
+    matches = [
+        ep
+        for ep in sweep.endpoints()
+        if all(
+            getattr(ep, k) == (float(v) if k == "width" else v)
+            for k, v in wanted.items()
+            if v is not None
+        )
+    ]
+    if len(matches) != 1:
+        listed = ", ".join(
+            f"{e.model} w{e.width:g} d{e.depth} {e.norm} seed {e.seed}" for e in sweep.endpoints()
+        )
+        raise UsageError(
+            f"{len(matches)} endpoints of sweep {sweep.name!r} match {wanted}; its endpoints: {listed}"
+        )
+    store_uri = args.store or os.path.join(args.root, "checkpoints")
+    metrics = register_endpoint(
+        matches[0], args.weights, CheckpointStore(store_uri), sweep.data_root
+    )
+    print(json.dumps({"endpoint_key": matches[0].key(), "store": store_uri, **metrics}))
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .perm import check_same_architecture
@@ -257,6 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("register", help="adopt existing weights as an endpoint of a sweep")
+    p.add_argument("weights", help=".pt/.pth state_dict (torchvision format) or .safetensors")
+    p.add_argument("--sweep-script", required=True, help="the sweeps/X.py whose endpoint it is")
+    p.add_argument("--model", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--width", type=float)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--norm")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("--store", help="checkpoint store URI (default <root>/checkpoints)")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("merge", help="align, merge and REPAIR two checkpoints")
     p.add_argument("dir_a")

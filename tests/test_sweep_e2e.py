@@ -155,3 +155,52 @@ def test_cli_reports_a_missing_script_and_an_empty_results_root(tmp_path, capsys
     assert "not found" in capsys.readouterr().err
     assert cli_main(["results", "--root", str(tmp_path)]) == 2
     assert "no trials" in capsys.readouterr().err
+
+
+REGISTER_SCRIPT = """
+from repair_dist.sweep.config import ArchGrid, Sweep
+def build_sweep(smoke=False):
+    return Sweep(name="registered", dataset="digits", archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+                 seeds=(0, 1), epochs=2, methods=("activation",), variants=("full",), alphas=3)
+"""
+
+
+def test_registered_weights_become_an_endpoint_that_is_not_retrained(ray_ready, tmp_path, capsys):
+    import torch
+
+    import repair_dist as rd
+    from repair_dist.store import CheckpointStore
+
+    script = tmp_path / "registered.py"
+    script.write_text(REGISTER_SCRIPT)
+    root = tmp_path / "results"
+    sweep = _load_build(script)(smoke=False)
+    ep = next(e for e in sweep.endpoints() if e.seed == 0)
+    torch.manual_seed(0)
+    net = rd.build_model(ep.model, **ep.model_kwargs())
+    rd.train_model(net, rd.load_dataset("digits")[0], epochs=2, seed=0)
+    torch.save(net.state_dict(), tmp_path / "mine.pt")  # e.g. a torchvision-format checkpoint
+
+    bad = cli_main(["register", str(tmp_path / "mine.pt"), "--sweep-script", str(script),
+                    "--model", "mlp", "--seed", "7", "--root", str(root)])  # fmt: skip
+    assert bad == 2 and "0 endpoints" in capsys.readouterr().err
+    code = cli_main(["register", str(tmp_path / "mine.pt"), "--sweep-script", str(script),
+                     "--model", "mlp", "--seed", "0", "--root", str(root)])  # fmt: skip
+    assert code == 0
+    meta = CheckpointStore(root / "checkpoints").meta(ep.key())
+    assert meta["registered_from"] == str(tmp_path / "mine.pt")
+
+    out = run_sweep(sweep, root=root, mlflow=False)
+    assert (out.endpoints_trained, out.endpoints_reused) == (1, 1)  # only seed 1 trained
+    loaded, _ = CheckpointStore(root / "checkpoints").load(ep.key())
+    for key, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def _load_build(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("registered_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_sweep

@@ -99,6 +99,37 @@ def train_endpoint(
     return row
 
 
+def register_endpoint(
+    ep: EndpointConfig,
+    source: str | os.PathLike,
+    store: CheckpointStore,
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """Adopt existing weights (e.g. a torchvision ResNet50 ``.pth``) as endpoint ``ep``.
+
+    Stored under ``ep.key()``, so stage 1 of any sweep holding ``ep`` finds it and trains
+    nothing. The weights are checked against the architecture before anything is written;
+    test metrics are measured now (train metrics stay empty: a full pass over e.g. ImageNet's
+    train split is not worth it at registration).
+    """
+    config = {"name": ep.model, **ep.model_kwargs(data_root)}
+    written = store.register(ep.key(), source, config, ep.params())
+    net, _ = store.load(ep.key())
+    _, test = load_sweep_data(ep.dataset, data_root, ep.data_limit)
+    te = evaluate(net, test)
+    metrics = {
+        "test_loss": te["loss"],
+        "test_acc": te["acc"],
+        "train_loss": float("nan"),
+        "train_acc": float("nan"),
+        "collapsed_filters": total_collapsed(collapsed_filters(net)),
+        "train_seconds": 0.0,
+        "registered_from": str(source),
+    }
+    store.save(ep.key(), net, {**written, **ep.params(), **metrics})
+    return metrics
+
+
 def endpoint_trainable(config: dict[str, Any], *, sweep: str, store_uri: str, root: str,
                        data_root: str | None, cpus: float) -> None:  # fmt: skip
     """Stage 1 (Tune): train one endpoint into the store; one ``endpoints`` row per sweep."""
