@@ -174,3 +174,20 @@ def test_worker_results_are_plain_cpu_objects(pools, gaussian_images):
         rd.passes.evaluation_pass, [net], BatchPlan(gaussian_images, 100), points=[]
     )
     assert dataclasses.is_dataclass(totals) and totals.n == len(gaussian_images)
+
+
+def test_mixed_precision_workers_keep_float64_statistics_and_the_same_matching(ray_ready, pair):
+    net_a, _, plan = pair
+    shuffled = _noisy_shuffled_copy(net_a)
+    exact = rd.alignment_statistics(net_a, shuffled, plan)
+    with ShardPool(2, resources=WorkerResources(0.25), amp=True, task_timeout_s=120) as pool:
+        mixed = rd.alignment_statistics(net_a, shuffled, plan, workers=pool)
+        perm = rd.activation_matching(net_a, shuffled, plan, workers=pool)
+    assert all(
+        torch.equal(perm[g], p) for g, p in rd.activation_matching(net_a, shuffled, plan).items()
+    )
+    worst = max((mixed[k].corr() - exact[k].corr()).abs().max().item() for k in exact)
+    assert worst > 1e-6, "bf16 forwards should move correlations beyond float64 rounding"
+    for key in exact:
+        assert mixed[key].c_ab.dtype == torch.float64
+        torch.testing.assert_close(mixed[key].corr(), exact[key].corr(), atol=0.05, rtol=0)

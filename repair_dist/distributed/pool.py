@@ -75,9 +75,10 @@ class ShardFailedError(RuntimeError):
 class ShardWorker:
     """One worker of a pool: holds cached plans, runs pass functions over its batch ids."""
 
-    def __init__(self, threads: int, use_gpu: bool) -> None:
+    def __init__(self, threads: int, use_gpu: bool, amp: bool = False) -> None:
         torch.set_num_threads(max(1, threads))
         self._device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self._amp = amp
         self._plans: dict[int, BatchPlan] = {}
 
     def where(self) -> dict[str, Any]:
@@ -102,7 +103,14 @@ class ShardWorker:
     ) -> Any:
         plan = self._plans[plan_id]
         nets = [net.to(self._device) for net in nets]
-        return fn(*nets, batches=plan.batches(batch_ids), **kwargs)
+        if not self._amp:
+            return fn(*nets, batches=plan.batches(batch_ids), **kwargs)
+        # Mixed precision: bf16 forwards (channels-last convs on GPU); the statistics still
+        # accumulate in float64 (CrossMoments/CoMoments convert each batch before summing).
+        if self._device.type == "cuda":
+            nets = [net.to(memory_format=torch.channels_last) for net in nets]
+        with torch.autocast(self._device.type, dtype=torch.bfloat16):
+            return fn(*nets, batches=plan.batches(batch_ids), **kwargs)
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,13 @@ def _resource_shortfall(workers: int, res: WorkerResources, total: dict[str, flo
 
 
 class ShardPool:
-    """N worker actors; an :class:`~repair_dist.execution.Executor` for sharded passes."""
+    """N worker actors; an :class:`~repair_dist.execution.Executor` for sharded passes.
+
+    ``amp=True`` runs the workers' forwards under bf16 autocast (and channels-last on GPU):
+    about 2x the throughput on tensor-core GPUs, with statistics still summed in float64.
+    Off by default, because bf16 activations change the statistics beyond float rounding
+    (correlations move by ~1e-3); matching and REPAIR are robust to that, exact tests are not.
+    """
 
     def __init__(
         self,
@@ -144,6 +158,7 @@ class ShardPool:
         task_timeout_s: float | None = None,
         start_timeout_s: float | None = 120.0,
         max_retries: int = 3,
+        amp: bool = False,
     ) -> None:
         ensure_ray()
         pg = get_current_placement_group() if placement_group == "current" else placement_group
@@ -152,6 +167,7 @@ class ShardPool:
         self.size = workers
         self.task_timeout_s = task_timeout_s
         self.max_retries = max_retries
+        self.amp = amp
         self._job = ray.get_runtime_context().get_job_id()
         self._ids = itertools.count()
         self._actors = [self._spawn(i) for i in range(workers)]
@@ -206,7 +222,7 @@ class ShardPool:
                 self._pg, placement_group_bundle_index=index + 1
             )
         threads = max(1, math.floor(self.resources.cpus))
-        return ShardWorker.options(**opts).remote(threads, self.resources.gpus > 0)
+        return ShardWorker.options(**opts).remote(threads, self.resources.gpus > 0, self.amp)
 
     def _wait_started(self, timeout_s: float | None) -> None:
         """Fail with a message instead of queueing forever behind busy resources."""
