@@ -37,7 +37,7 @@ import repair_dist as rd
 from repair_dist.data import BatchPlan
 from repair_dist.passes import alignment_stats_pass
 from repair_dist.perm import permutation_spec
-from repair_dist.perm.activation import alignment_probes
+from repair_dist.perm.activation import alignment_probes, repair_only_probes
 from repair_dist.perm.spec import Probe
 from repair_dist.stats import StatsDict
 from repair_dist.taps import tap
@@ -167,10 +167,14 @@ def reference_correlations(net_a, net_b, plan: BatchPlan, probes) -> dict[Probe,
 
 
 def part_a(name, net_a, net_b, plan, probes, repeats, with_reference):
+    lean = repair_only_probes(permutation_spec(net_a))  # what a trial without closed_form runs
     fns = {
         "plain": lambda: plain_forward(net_a, net_b, plan),
         "taps": lambda: forward_with_taps(net_a, net_b, plan, probes),
         "ours": lambda: alignment_stats_pass(net_a, net_b, batches=plan.batches(), probes=probes),
+        "trial": lambda: alignment_stats_pass(
+            net_a, net_b, batches=plan.batches(), probes=probes, moments_only=lean
+        ),
     }
     if with_reference:
         fns["reference"] = lambda: reference_correlations(net_a, net_b, plan, probes)
@@ -184,6 +188,7 @@ def part_a(name, net_a, net_b, plan, probes, repeats, with_reference):
         "probes": len(probes),
         "seconds": t,
         "ratio_stats_over_plain": t["ours"] / t["plain"],
+        "ratio_trial_stats_over_plain": t["trial"] / t["plain"],
         "ratio_taps_over_plain": t["taps"] / t["plain"],
         "share_of_pass_in_stats_arithmetic": max(0.0, t["ours"] - t["taps"]) / t["ours"],
     }
@@ -402,7 +407,8 @@ def main() -> None:
                 fmt(s["plain"]),
                 fmt(s["ours"]),
                 fmt(r["ratio_stats_over_plain"]),
-                "yes" if r["ratio_stats_over_plain"] <= 1.3 else "NO",
+                fmt(r["ratio_trial_stats_over_plain"]),
+                "yes" if r["ratio_trial_stats_over_plain"] <= 1.3 else "NO",
                 fmt(r["ratio_taps_over_plain"]),
                 f"{100 * r['share_of_pass_in_stats_arithmetic']:.0f}%",
             ]
@@ -417,12 +423,16 @@ def main() -> None:
             "plain s",
             "stats s",
             "stats/plain",
+            "trial/plain",
             "<=1.3?",
             "hooks-only/plain",
             "pass in f64 stats",
         ],
     )
     print(
+        "  stats = cross matrices at every probe; trial = what a merge trial without "
+        "closed_form runs\n  (cross matrices at matching probes, per-channel moments at "
+        "REPAIR-only probes).\n"
         "  hooks-only = the same forward with the probes' hooks copying activations, no "
         "statistics;\n  'pass in f64 stats' = (stats - hooks-only) / stats: the float64 "
         "centring, squares and cross GEMM per probe."

@@ -29,9 +29,17 @@ def device_of(net: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def alignment_stats_pass(
-    net_a: nn.Module, net_b: nn.Module, *, batches: Iterable[Batch], probes: Sequence[Probe]
+    net_a: nn.Module,
+    net_b: nn.Module,
+    *,
+    batches: Iterable[Batch],
+    probes: Sequence[Probe],
+    moments_only: Sequence[Probe] = (),
 ) -> StatsDict:
     """One forward of A and B per batch; cross moments of every probe at once.
+
+    Probes in ``moments_only`` keep per-channel moments of A and B but skip the A x B cross
+    matrix (REPAIR's goal statistics need no more unless ``closed_form`` is asked for).
 
     Permuting B does not change its function, so the correlations of every permutation group
     (and the endpoint statistics REPAIR needs) come from this single pass over unpermuted nets.
@@ -40,6 +48,7 @@ def alignment_stats_pass(
     net_b.eval()
     device = device_of(net_a)
     probes = list(dict.fromkeys(probes))
+    skip = set(moments_only)
     acts_a: dict[Probe, torch.Tensor] = {}
     acts_b: dict[Probe, torch.Tensor] = {}
     out = StatsDict()
@@ -49,7 +58,7 @@ def alignment_stats_pass(
             net_a(x)
             net_b(x)
             for p in probes:
-                part = CrossMoments.from_batch(acts_a.pop(p), acts_b.pop(p))
+                part = CrossMoments.from_batch(acts_a.pop(p), acts_b.pop(p), p not in skip)
                 out[p] = out[p].merge(part) if p in out else part
     return out.cpu()
 

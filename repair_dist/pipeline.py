@@ -86,8 +86,9 @@ def merge_trial(
     executor = resolve_executor(workers)
     train_plan, test_plan = as_plan(train, batch_size), as_plan(test, batch_size)
     stats = alignment_statistics(
-        net_a, net_b, train_plan, spec=spec, residual=residual, workers=executor
-    )
+        net_a, net_b, train_plan, spec=spec, residual=residual, workers=executor,
+        repair_cross="closed_form" in variants,  # only closed_form reads the A-B cross terms
+    )  # fmt: skip
     if method == "activation":
         perm = permutation_from_stats(stats, spec, residual)
     else:

@@ -158,6 +158,11 @@ def _closed_form(
 ) -> None:
     for rp in points:
         stats = goal_stats[rp.module]
+        if torch.isnan(stats.cm).any():
+            raise ValueError(
+                f"closed_form needs the endpoints' cross moments at {rp.module}, but they were "
+                "collected without them (alignment_statistics(..., repair_cross=False))"
+            )
         goal_mean, goal_std = goal_statistics(stats, weights)
         pred_std = predicted_std(stats, weights)
         if rp.norm is not None:

@@ -15,6 +15,7 @@ dataset size. Conv maps are flattened over positions: every pixel is a sample.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +94,10 @@ class CrossMoments:
     c_ab: torch.Tensor
 
     @classmethod
-    def from_batch(cls, a: torch.Tensor, b: torch.Tensor) -> CrossMoments:
+    def from_batch(cls, a: torch.Tensor, b: torch.Tensor, cross: bool = True) -> CrossMoments:
+        """Moments of one batch. ``cross=False`` skips the C_a x C_b co-moment GEMM (the bulk
+        of the cost) when only per-channel moments are needed, e.g. REPAIR's goal statistics;
+        ``c_ab`` is then empty and :meth:`corr` refuses."""
         fa, fb = flatten_channels(a), flatten_channels(b)
         if fa.shape[0] != fb.shape[0]:
             raise ValueError(f"probe shapes disagree: {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -105,8 +109,12 @@ class CrossMoments:
             mean_b,
             (ca * ca).sum(0),
             (cb * cb).sum(0),
-            ca.T @ cb,
+            ca.T @ cb if cross else torch.zeros(0, dtype=ca.dtype, device=ca.device),
         )
+
+    @property
+    def has_cross(self) -> bool:
+        return self.c_ab.numel() > 0
 
     def merge(self, other: CrossMoments) -> CrossMoments:
         if other.n == 0:
@@ -123,7 +131,9 @@ class CrossMoments:
             self.mean_b + db * (other.n / n),
             self.m2_a + other.m2_a + da * da * w,
             self.m2_b + other.m2_b + db * db * w,
-            self.c_ab + other.c_ab + torch.outer(da, db) * w,
+            self.c_ab + other.c_ab + torch.outer(da, db) * w
+            if self.has_cross and other.has_cross
+            else self.c_ab[:0],
         )
 
     def cpu(self) -> CrossMoments:
@@ -133,6 +143,8 @@ class CrossMoments:
 
     def corr(self) -> torch.Tensor:
         """Pearson correlation matrix [C_a, C_b]; dead (zero-variance) units correlate 0."""
+        if not self.has_cross:
+            raise ValueError("these moments were collected without cross terms (cross=False)")
         denom = torch.outer(self.m2_a.clamp_min(0).sqrt(), self.m2_b.clamp_min(0).sqrt())
         return _safe_div(self.c_ab, denom).clamp(-1.0, 1.0)
 
@@ -143,7 +155,9 @@ class CrossMoments:
         cm = torch.empty(2, 2, len(self.mean_a), dtype=torch.float64)
         cm[0, 0] = self.m2_a
         cm[1, 1] = self.m2_b[perm_b]
-        cm[0, 1] = cm[1, 0] = self.c_ab[idx, perm_b]
+        # Without cross terms the A-B co-moment is unknown: NaN, refused by closed_form.
+        cross = self.c_ab[idx, perm_b] if self.has_cross else torch.full_like(self.m2_a, math.nan)
+        cm[0, 1] = cm[1, 0] = cross
         return CoMoments(self.n, mean, cm)
 
 

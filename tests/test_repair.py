@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+import repair_dist as rd
 from repair_dist.data import BatchPlan
 from repair_dist.merge import interpolate
 from repair_dist.models import build_model
@@ -15,7 +16,7 @@ from repair_dist.passes import Correction, recalibration_pass
 from repair_dist.perm import permutation_spec
 from repair_dist.perm.spec import Probe
 from repair_dist.repair import endpoint_statistics, goal_statistics, predicted_std, repair
-from repair_dist.stats import CoMoments
+from repair_dist.stats import CoMoments, StatsDict
 from repair_dist.taps import tap
 
 
@@ -210,3 +211,20 @@ def test_unknown_variant_is_named():
             TensorDataset(torch.zeros(1, 1, 8, 8), torch.zeros(1).long()),
             "bogus",
         )
+
+
+def test_closed_form_refuses_statistics_collected_without_cross_terms(gaussian_images):
+    torch.manual_seed(0)
+    a = rd.build_model("mlp", depth=2, width=8, norm="none", in_shape=(1, 8, 8))
+    b = rd.build_model("mlp", depth=2, width=8, norm="none", in_shape=(1, 8, 8))
+    spec = rd.permutation_spec(a)
+    stats = rd.alignment_statistics(a, b, gaussian_images, repair_cross=False)
+    perm = rd.permutation_from_stats(stats, spec)
+    c = rd.apply_permutation(b, perm)
+    goals = StatsDict(
+        {rp.module: stats[Probe(rp.module)].aligned(perm[rp.group]) for rp in spec.repair_points}
+    )
+    mid = rd.interpolate([a, c], [0.5, 0.5])
+    rd.repair(mid, [a, c], [0.5, 0.5], gaussian_images, variant="full", goal_stats=goals)  # fine
+    with pytest.raises(ValueError, match="cross moments"):
+        rd.repair(mid, [a, c], [0.5, 0.5], gaussian_images, variant="closed_form", goal_stats=goals)

@@ -70,3 +70,19 @@ def test_statsdict_merges_key_by_key():
     m = a.merge(b)
     assert set(m) == {"p", "q"} and m["p"].n == 8
     torch.testing.assert_close(m["p"].mean[0], torch.full((2,), 3 / 8, dtype=torch.float64))
+
+
+def test_moments_without_cross_terms_match_the_full_ones_and_merge():
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(300, 6, generator=gen), torch.randn(300, 4, generator=gen)
+    full = CrossMoments.from_batch(a[:100], b[:100]).merge(
+        CrossMoments.from_batch(a[100:], b[100:])
+    )
+    lean = CrossMoments.from_batch(a[:100], b[:100], cross=False).merge(
+        CrossMoments.from_batch(a[100:], b[100:], cross=False)
+    )
+    assert full.has_cross and not lean.has_cross
+    for name in ("mean_a", "mean_b", "m2_a", "m2_b"):
+        torch.testing.assert_close(getattr(lean, name), getattr(full, name), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="without cross terms"):
+        lean.corr()

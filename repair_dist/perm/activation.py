@@ -31,11 +31,20 @@ def matching_probes(
     }
 
 
-def alignment_probes(spec: PermutationSpec, residual: str = "output") -> list[Probe]:
-    """Every probe one alignment pass needs: matching probes and REPAIR's pre-activations."""
+def alignment_probes(
+    spec: PermutationSpec, residual: str = "output", *, repair: bool = True
+) -> list[Probe]:
+    """Every probe one alignment pass needs: matching probes (and REPAIR's pre-activations)."""
     probes = [p for ps in matching_probes(spec, residual).values() for p in ps]
-    probes += [Probe(rp.module) for rp in spec.repair_points]
+    if repair:
+        probes += [Probe(rp.module) for rp in spec.repair_points]
     return list(dict.fromkeys(probes))
+
+
+def repair_only_probes(spec: PermutationSpec, residual: str = "output") -> list[Probe]:
+    """REPAIR probes that are not also matching probes (per-channel moments suffice there)."""
+    matching = set(alignment_probes(spec, residual, repair=False))
+    return [p for p in alignment_probes(spec, residual) if p not in matching]
 
 
 def group_correlation(stats: StatsDict, probes: tuple[Probe, ...]) -> torch.Tensor:
@@ -63,8 +72,15 @@ def alignment_statistics(
     residual: str = "output",
     batch_size: int = 500,
     workers: int | object = 1,
+    repair: bool = True,
+    repair_cross: bool = True,
 ) -> StatsDict:
-    """One pass of A and B over ``data``: cross moments at every matching and REPAIR probe."""
+    """One pass of A and B over ``data``: cross moments at every matching and REPAIR probe.
+
+    ``repair=False``: matching probes only. ``repair_cross=False``: at REPAIR-only probes keep
+    per-channel moments and skip the cross matrix (enough for every variant but
+    ``closed_form``), which removes about half the statistics work of a deep MLP.
+    """
     # imported here: passes.py reads Probe from this package, so a top-level import would cycle
     from ..execution import run_pass
     from ..passes import alignment_stats_pass
@@ -76,7 +92,8 @@ def alignment_statistics(
         [net_a, net_b],
         as_plan(data, batch_size),
         workers,
-        probes=alignment_probes(spec, residual),
+        probes=alignment_probes(spec, residual, repair=repair),
+        moments_only=repair_only_probes(spec, residual) if repair and not repair_cross else (),
     )
 
 
@@ -93,8 +110,9 @@ def activation_matching(
     """Permutation of B's units that maximises their activation correlation with A's."""
     spec = spec or permutation_spec(net_a)
     stats = alignment_statistics(
-        net_a, net_b, data, spec=spec, residual=residual, batch_size=batch_size, workers=workers
-    )
+        net_a, net_b, data, spec=spec, residual=residual, batch_size=batch_size,
+        workers=workers, repair=False,
+    )  # fmt: skip
     return permutation_from_stats(stats, spec, residual)
 
 
