@@ -66,7 +66,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}.png"
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, dpi=100)  # constrained layout already fits; "tight" re-renders
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
