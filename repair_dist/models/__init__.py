@@ -8,7 +8,7 @@ what checkpoints store in ``meta.json``).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -16,8 +16,33 @@ from torch import nn
 
 from .mlp import MLP
 from .norms import NORMS, make_norm
-from .resnet import ResNet20, TorchvisionResNet, torchvision_resnet
+from .resnet import ResNet20
 from .vgg import VGG
+
+
+def torchvision_resnet(
+    name: str = "resnet18",
+    width: float = 1,
+    norm: str = "bn",
+    num_classes: int = 1000,
+    in_shape: Sequence[int] = (3, 224, 224),
+) -> nn.Module:
+    """torchvision ResNet18/50 (load-compatible with torchvision checkpoints for bn, width 1).
+
+    Imports torchvision's models on first use only (seconds, paid by every worker otherwise).
+    """
+    from .tv_resnet import TorchvisionResNet
+
+    return TorchvisionResNet(name, width, norm, num_classes, in_shape)
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "TorchvisionResNet":  # lazily, like torchvision_resnet
+        from .tv_resnet import TorchvisionResNet
+
+        return TorchvisionResNet
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
