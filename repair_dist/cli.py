@@ -44,7 +44,7 @@ def _load_sweep_script(path: str, smoke: bool) -> Any:
     return build(smoke=smoke)
 
 
-def _print_outcome(outcome: Any, *, quickstart: bool = False) -> None:
+def _print_outcome(outcome: Any) -> None:
     from .sweep import results
 
     root = outcome.root
@@ -68,11 +68,10 @@ def _print_outcome(outcome: Any, *, quickstart: bool = False) -> None:
     if outcome.tracking_uri:
         print(f"MLflow: {outcome.tracking_uri}  (browse: repair-dist ui --root {root})")
     print(f"Query:  repair-dist results {outcome.sweep} --root {root} --group-by model method")
-    if quickstart:
-        print("Sweep plots: repair-dist plot quickstart --root results --out results/figures")
+    print(f"Sweep plots: repair-dist plot {outcome.sweep} --root {root} --out {root}/figures")
 
 
-def _run(sweep: Any, args: argparse.Namespace, *, quickstart: bool = False) -> int:
+def _run(sweep: Any, args: argparse.Namespace) -> int:
     from .sweep.runner import run_sweep
 
     outcome = run_sweep(
@@ -83,7 +82,7 @@ def _run(sweep: Any, args: argparse.Namespace, *, quickstart: bool = False) -> i
         address=getattr(args, "address", None),
         verbose=getattr(args, "verbose", 0),
     )
-    _print_outcome(outcome, quickstart=quickstart)
+    _print_outcome(outcome)
     return 0
 
 
@@ -93,7 +92,7 @@ def _run(sweep: Any, args: argparse.Namespace, *, quickstart: bool = False) -> i
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .sweep.presets import quickstart_sweep
 
-    return _run(quickstart_sweep(smoke=args.smoke), args, quickstart=True)
+    return _run(quickstart_sweep(smoke=args.smoke), args)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
