@@ -369,3 +369,13 @@ def test_trial_spec_normalises_sequences() -> None:
     spec = TrialSpec("s", e, e, "weight", ["full"], [0, 0.5, 1])  # type: ignore[arg-type]
     assert spec.variants == ("full",) and spec.alphas == (0.0, 0.5, 1.0)
     assert hash(spec) == hash(TrialSpec("s", e, e, "weight", ("full",), (0.0, 0.5, 1.0)))
+
+
+def test_amp_must_be_a_boolean_and_is_part_of_the_trial_key():
+    from repair_dist.sweep.config import ArchGrid, Sweep, SweepConfigError, validate_sweep
+
+    base = dict(name="amp", dataset="digits", archs=(ArchGrid("mlp", widths=(8,), depths=(2,)),))
+    with pytest.raises(SweepConfigError, match="amp: must be true or false"):
+        validate_sweep(Sweep(**base, amp="yes"))
+    plain, mixed = Sweep(**base).trials()[0], Sweep(**base, amp=True).trials()[0]
+    assert mixed.amp and plain.key() != mixed.key() and mixed.params()["amp"] is True

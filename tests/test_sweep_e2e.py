@@ -204,3 +204,24 @@ def _load_build(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build_sweep
+
+
+def test_a_mixed_precision_sweep_runs_its_passes_on_a_bf16_worker(ray_ready, tmp_path):
+    import dataclasses
+
+    sweep = dataclasses.replace(tiny_sweep("amp", methods=("activation",)), amp=True)
+    out = run_sweep(sweep, root=tmp_path, mlflow=False)
+    assert out.trials_run == 1
+    assert_each_trial_once(str(tmp_path), sweep)
+    # The same trial in float32, in process, on the same stored endpoints: close, not equal.
+    from repair_dist.store import CheckpointStore
+    from repair_dist.sweep.trainables import run_merge_trial
+
+    exact_spec = dataclasses.replace(sweep.trials()[0], amp=False)
+    exact = run_merge_trial(
+        exact_spec, CheckpointStore(tmp_path / "checkpoints"), str(tmp_path / "x")
+    )
+    order = ["variant", "alpha", "split"]
+    mixed = results.read_table(tmp_path, "curves", "amp").sort_values(order)["loss"].to_numpy()
+    plain = exact["curves"].sort_values(order)["loss"].to_numpy()
+    assert 0 < abs(mixed - plain).max() < 0.1  # bf16 forwards ran in the trial's worker

@@ -342,19 +342,21 @@ def _cpu_copy(net: nn.Module) -> nn.Module:
     return net
 
 
-_POOLS: dict[tuple[int, WorkerResources | None, str | None], ShardPool] = {}
+_POOLS: dict[tuple[int, WorkerResources | None, str | None, bool], ShardPool] = {}
 
 
-def pool_of_size(workers: int, resources: WorkerResources | None = None) -> ShardPool:
+def pool_of_size(
+    workers: int, resources: WorkerResources | None = None, *, amp: bool = False
+) -> ShardPool:
     """A cached pool of ``workers`` actors (created on first use in this Ray session).
 
     Inside a Tune trial the pool is bound to the trial's placement group; cached per group.
     """
     pg = get_current_placement_group()
-    key = (workers, resources, None if pg is None else pg.id.hex())
+    key = (workers, resources, None if pg is None else pg.id.hex(), amp)
     pool = _POOLS.get(key)
     if pool is None or not pool.alive:
-        pool = _POOLS[key] = ShardPool(workers, resources=resources)
+        pool = _POOLS[key] = ShardPool(workers, resources=resources, amp=amp)
     return pool
 
 

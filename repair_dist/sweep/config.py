@@ -236,6 +236,7 @@ class TrialSpec:
     alphas: tuple[float, ...]
     residual: str = "output"
     batch_size: int = 500
+    amp: bool = False  # bf16 forwards in the pass workers (statistics stay float64)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variants", tuple(self.variants))
@@ -271,6 +272,7 @@ class TrialSpec:
             "n_alphas": len(self.alphas),
             "residual": self.residual,
             "batch_size": self.batch_size,
+            "amp": self.amp,
         }
 
     def run_name(self) -> str:
@@ -343,6 +345,8 @@ class Sweep:
     data_limit: int | None = None
     data_root: str | None = None
     max_concurrent_trials: int | None = None
+    #: bf16 autocast (channels-last on GPU) in the trials' pass workers; float64 statistics.
+    amp: bool = False
 
     def __post_init__(self) -> None:
         archs = self.archs
@@ -413,7 +417,9 @@ class Sweep:
                     a = self._endpoint(arch.model, width, depth, norm, seed_a)
                     b = self._endpoint(arch.model, width, depth, norm, seed_b)
                     for method in self.methods:
-                        spec = TrialSpec(self.name, a, b, method, self.variants, alphas)
+                        spec = TrialSpec(
+                            self.name, a, b, method, self.variants, alphas, amp=self.amp
+                        )
                         out[spec] = None
         return list(out)
 
@@ -675,6 +681,8 @@ def _check_resources(problems: list[str], sweep: Sweep, cluster: Mapping[str, An
     _check_positive_int(
         problems, "max_concurrent_trials", sweep.max_concurrent_trials, optional=True
     )
+    if not isinstance(sweep.amp, bool):
+        problems.append(f"amp: must be true or false (got {sweep.amp!r})")
     if cluster is None or not ok:
         return
     workers = int(sweep.workers_per_trial)

@@ -143,7 +143,7 @@ def _ray_up(address: str | None) -> None:
 def _trial_resources(sweep: Sweep) -> Any:
     """One worker: the trial itself computes. N workers: a placement group, driver + N."""
     cpus, gpus, n = sweep.cpus_per_worker, sweep.gpus_per_worker, sweep.workers_per_trial
-    if n <= 1:
+    if n <= 1 and not sweep.amp:  # amp needs a pass worker, even a single one
         return {"cpu": cpus, "gpu": gpus}
     worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     return tune.PlacementGroupFactory([{"CPU": 0.25}] + [worker] * n)

@@ -203,10 +203,11 @@ def merge_trainable(config: dict[str, Any], *, store_uri: str, root: str, data_r
     _threads(cpus)
     spec = trial_from_dict(config["trial"])
     executor: Any = 1
-    if workers > 1:
+    if workers > 1 or spec.amp:
         from ..distributed import pool_of_size
 
-        executor = pool_of_size(workers)  # lives in this trial's placement group
+        # Lives in this trial's placement group (one bundle per worker, see the runner).
+        executor = pool_of_size(workers, amp=spec.amp)
     tables = run_merge_trial(
         spec, CheckpointStore(store_uri), root, data_root=data_root, workers=executor
     )
