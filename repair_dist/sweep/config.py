@@ -199,6 +199,8 @@ class EndpointConfig:
     batch_size: int = 64
     lr: float | None = None
     data_limit: int | None = None
+    #: > 1: data-parallel training on that many Ray Train workers (TorchTrainer, DDP).
+    train_workers: int = 1
 
     def __post_init__(self) -> None:
         if _is_number(self.width):
@@ -343,6 +345,9 @@ class Sweep:
     cpus_per_worker: float = 1
     gpus_per_worker: float = 0
     data_limit: int | None = None
+    #: Stage 1: train each endpoint data-parallel on this many Ray Train workers (DDP), each
+    #: with cpus_per_worker CPUs and gpus_per_worker GPUs.
+    train_workers: int = 1
     data_root: str | None = None
     max_concurrent_trials: int | None = None
     #: bf16 autocast (channels-last on GPU) in the trials' pass workers; float64 statistics.
@@ -395,6 +400,7 @@ class Sweep:
             batch_size=self.batch_size,
             lr=self.lr,
             data_limit=self.data_limit,
+            train_workers=self.train_workers,
         )
 
     def endpoints(self) -> list[EndpointConfig]:
@@ -681,6 +687,7 @@ def _check_resources(problems: list[str], sweep: Sweep, cluster: Mapping[str, An
     _check_positive_int(
         problems, "max_concurrent_trials", sweep.max_concurrent_trials, optional=True
     )
+    _check_positive_int(problems, "train_workers", sweep.train_workers)
     if not isinstance(sweep.amp, bool):
         problems.append(f"amp: must be true or false (got {sweep.amp!r})")
     if cluster is None or not ok:
@@ -697,6 +704,18 @@ def _check_resources(problems: list[str], sweep: Sweep, cluster: Mapping[str, An
             f"gpus_per_worker: workers_per_trial x gpus_per_worker = "
             f"{_fmt(workers * sweep.gpus_per_worker)} GPUs per trial, but the cluster has "
             f"{_fmt(gpus)} (the trial would wait forever)"
+        )
+    trainers = int(sweep.train_workers) if _is_int(sweep.train_workers) else 1
+    if trainers > 1 and 0.5 + trainers * sweep.cpus_per_worker > cpus:
+        problems.append(
+            f"train_workers: 0.5 CPU (the trial) + train_workers x cpus_per_worker = "
+            f"{_fmt(0.5 + trainers * float(sweep.cpus_per_worker))} CPUs, but the cluster has "
+            f"{_fmt(cpus)} (training would never start)"
+        )
+    if trainers > 1 and sweep.gpus_per_worker > 0 and trainers * sweep.gpus_per_worker > gpus:
+        problems.append(
+            f"train_workers: {trainers} x {_fmt(sweep.gpus_per_worker)} GPUs for training, "
+            f"but the cluster has {_fmt(gpus)}"
         )
     if workers * sweep.cpus_per_worker > cpus:
         problems.append(

@@ -216,9 +216,15 @@ def run_sweep(
     if todo:
         print(f"[{sweep.name}] stage 1: training {len(todo)} of {len(endpoints)} endpoints",
               file=sys.stderr, flush=True)  # fmt: skip
-        fn = tune.with_parameters(endpoint_trainable, cpus=train_cpus, **common)
+        fn = tune.with_parameters(
+            endpoint_trainable, cpus=train_cpus, worker_cpus=sweep.cpus_per_worker,
+            worker_gpus=sweep.gpus_per_worker, **common,
+        )  # fmt: skip
+        # Data-parallel recipes: the trial only coordinates; Ray Train asks for the workers.
+        stage1 = ({"cpu": 0.5, "gpu": 0} if sweep.train_workers > 1
+                  else {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0})  # fmt: skip
         _fit(fn, f"{sweep.name}-endpoints", "endpoint", [asdict(ep) for ep in todo],
-             {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}, root=root,
+             stage1, root=root,
              callbacks=[Progress("endpoints", len(todo))], sweep=sweep, verbose=verbose,
              max_failures=max_failures)  # fmt: skip
     missing = [ep.key() for ep in endpoints if not ckpts.has(ep.key())]

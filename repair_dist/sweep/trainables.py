@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict
 from typing import Any
@@ -64,18 +65,38 @@ def trial_to_dict(spec: TrialSpec) -> dict[str, Any]:
 
 
 def train_endpoint(
-    ep: EndpointConfig, store: CheckpointStore, data_root: str | None = None
+    ep: EndpointConfig,
+    store: CheckpointStore,
+    data_root: str | None = None,
+    *,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    storage_path: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``ep`` unless the store already holds it; returns its ``endpoints`` table row."""
+    """Train ``ep`` unless the store already holds it; returns its ``endpoints`` table row.
+
+    ``ep.train_workers > 1`` trains data-parallel on Ray Train workers of the given size.
+    """
     key = ep.key()
     if not store.has(key):
         train, test = load_sweep_data(ep.dataset, data_root, ep.data_limit)
-        torch.manual_seed(ep.seed)  # the architecture's init is part of the seed's identity
-        net = build_model(ep.model, **ep.model_kwargs(data_root))
         started = time.perf_counter()
-        net = train_model(
-            net, train, epochs=ep.epochs, seed=ep.seed, batch_size=ep.batch_size, lr=ep.lr
-        )
+        if ep.train_workers > 1:
+            from .ddp import train_data_parallel
+
+            net = train_data_parallel(
+                ep,
+                data_root=data_root,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                storage_path=storage_path or os.path.join(tempfile.gettempdir(), "repair-dist"),
+            )
+        else:
+            torch.manual_seed(ep.seed)  # the architecture's init is part of the seed's identity
+            net = build_model(ep.model, **ep.model_kwargs(data_root))
+            net = train_model(
+                net, train, epochs=ep.epochs, seed=ep.seed, batch_size=ep.batch_size, lr=ep.lr
+            )
         seconds = time.perf_counter() - started
         tr, te = evaluate(net, train), evaluate(net, test)
         if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
@@ -131,11 +152,14 @@ def register_endpoint(
 
 
 def endpoint_trainable(config: dict[str, Any], *, sweep: str, store_uri: str, root: str,
-                       data_root: str | None, cpus: float) -> None:  # fmt: skip
+                       data_root: str | None, cpus: float, worker_cpus: float = 1.0,
+                       worker_gpus: float = 0.0) -> None:  # fmt: skip
     """Stage 1 (Tune): train one endpoint into the store; one ``endpoints`` row per sweep."""
     _threads(cpus)
     ep = endpoint_from_dict(config["endpoint"])
-    row = train_endpoint(ep, CheckpointStore(store_uri), data_root)
+    storage = f"{root}/tune" if "://" in root else os.path.join(root, "tune")
+    row = train_endpoint(ep, CheckpointStore(store_uri), data_root, cpus_per_worker=worker_cpus,
+                         gpus_per_worker=worker_gpus, storage_path=storage)  # fmt: skip
     results.write_rows(root, "endpoints", sweep, ep.key(), pd.DataFrame([row]))
     tune.report({"test_acc": float(row["test_acc"]), "done": 1})
 
