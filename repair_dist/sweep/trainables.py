@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 import torch
 from ray import tune
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
-from ..data import load_dataset
+from ..data import BatchPlan, load_dataset
 from ..metrics import collapsed_filters, evaluate, total_collapsed
 from ..models import build_model
 from ..pipeline import merge_trial
@@ -185,11 +185,19 @@ def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
 
 
 def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
-                    data_root: str | None = None, workers: Any = 1) -> dict[str, pd.DataFrame]:  # fmt: skip
-    """Align, interpolate, renormalise, evaluate; write the trial's Parquet files and plot."""
+                    data_root: str | None = None, workers: Any = 1,
+                    loader_workers: int = 0) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """Align, interpolate, renormalise, evaluate; write the trial's Parquet files and plot.
+
+    ``loader_workers``: DataLoader processes per pass worker for file-backed datasets (JPEG
+    decoding of ImageNet is the bottleneck there); in-memory tensors need none.
+    """
     net_a, _ = store.load(spec.a.key())
     net_b, _ = store.load(spec.b.key())
     train, test = load_sweep_data(spec.a.dataset, data_root, spec.a.data_limit)
+    if not isinstance(train, TensorDataset):
+        train = BatchPlan(train, spec.batch_size, loader_workers=loader_workers)
+        test = BatchPlan(test, spec.batch_size, loader_workers=loader_workers)
     outcome = merge_trial(
         net_a,
         net_b,
@@ -233,8 +241,9 @@ def merge_trainable(config: dict[str, Any], *, store_uri: str, root: str, data_r
         # Lives in this trial's placement group (one bundle per worker, see the runner).
         executor = pool_of_size(workers, amp=spec.amp)
     tables = run_merge_trial(
-        spec, CheckpointStore(store_uri), root, data_root=data_root, workers=executor
-    )
+        spec, CheckpointStore(store_uri), root, data_root=data_root, workers=executor,
+        loader_workers=max(0, int(cpus) - 1),  # one core computes, the rest decode
+    )  # fmt: skip
     by_variant = tables["trials"].set_index("variant")
     tune.report(
         {
