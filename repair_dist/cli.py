@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_model
 
     info = dataset_info(args.dataset, args.data_root)
-    kwargs: dict[str, Any] = {"width": args.width, "norm": args.norm}
+    width = int(args.width) if float(args.width).is_integer() else args.width  # mlp: units
+    kwargs: dict[str, Any] = {"width": width, "norm": args.norm}
     if args.depth is not None:
         kwargs["depth"] = args.depth
     train, test = load_dataset(args.dataset, root=args.data_root)

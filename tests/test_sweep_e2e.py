@@ -243,3 +243,31 @@ def test_a_data_parallel_endpoint_trains_on_ray_train_workers(ray_ready, tmp_pat
     assert len(list((tmp_path / "tune").glob("train-*"))) == 1  # one Ray Train run
     net, _ = store.load(ep.key())
     assert type(net).__name__ == "MLP"  # a plain net, no DDP wrapper left
+
+
+def test_cli_train_and_merge_two_checkpoints_and_refuse_bad_ones(tmp_path, capsys):
+    common = ["--model", "mlp", "--depth", "3", "--width", "16", "--epochs", "3"]
+    for seed in ("0", "1"):
+        assert cli_main(["train", *common, "--seed", seed, "--out", str(tmp_path / seed)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "merged"
+    code = cli_main(["merge", str(tmp_path / "0"), str(tmp_path / "1"), "--variants", "full",
+                     "--alphas", "3", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    import pandas as pd
+
+    table = pd.read_parquet(out / "barriers.parquet").set_index("variant")
+    assert {"naive", "aligned", "full"} <= set(table.index)
+    assert "barrier_loss_mid" in capsys.readouterr().out
+
+    wider = tmp_path / "wide"
+    assert cli_main(["train", "--model", "mlp", "--depth", "3", "--width", "8", "--epochs", "1",
+                     "--seed", "2", "--out", str(wider)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli_main(["merge", str(tmp_path / "0"), str(wider)]) == 2
+    err = capsys.readouterr().err
+    assert "wide" in err and "Traceback" not in err  # names the mismatching checkpoint
+    (tmp_path / "1" / "weights.safetensors").write_bytes(b"garbage")
+    assert cli_main(["merge", str(tmp_path / "0"), str(tmp_path / "1")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "1") in err and "Traceback" not in err
