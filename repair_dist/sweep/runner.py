@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,14 +91,28 @@ class Progress(tune.Callback):
         self._line()
 
 
-class MlflowLogger(tune.Callback):
-    """Logs each finished stage-2 trial to MLflow from its Parquet files (driver side)."""
+class TrialPublisher(tune.Callback):
+    """Plots and logs each finished stage-2 trial from its Parquet files, off the critical path.
+
+    A driver-side background thread does the work, so Tune schedules the next trial at once
+    and worker nodes need neither matplotlib output paths nor a route to MLflow. An
+    unreachable MLflow is recorded in ``problems``; Parquet stays the record.
+    """
 
     def __init__(self, tracker: Tracker | None, root: str) -> None:
         self.tracker, self.root = tracker, root
         self.problems: list[str] = []
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
 
-    def log(self, spec: TrialSpec) -> None:
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks
+        return {**self.__dict__, "_queue": None, "_thread": None}
+
+    def publish(self, spec: TrialSpec) -> None:
+        try:
+            plot_trial(self.root, spec)
+        except Exception as err:  # a figure must never fail a sweep
+            log.warning("plot of trial %s failed: %s", spec.key(), err)
         if self.tracker is None:
             return
         try:
@@ -105,20 +121,62 @@ class MlflowLogger(tune.Callback):
             self.problems.append(str(err))
             log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
 
+    def _work(self) -> None:
+        assert self._queue is not None
+        while (spec := self._queue.get()) is not None:
+            self.publish(spec)
+
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
         from .trainables import trial_from_dict
 
-        self.log(trial_from_dict(trial.config["trial"]))
+        if self._thread is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
+            self._thread.start()
+        self._queue.put(trial_from_dict(trial.config["trial"]))
+
+    def drain(self) -> None:
+        """Wait until every queued trial is plotted and logged."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+        self._thread = self._queue = None
+
+
+def _trial_frame(root: str, table: str, spec: TrialSpec) -> pd.DataFrame:
+    """One trial's rows of a table: reads its own file only (not the whole sweep's table)."""
+    import pyarrow.parquet as pq
+
+    from ..store import resolve_filesystem
+
+    fs, base, _ = resolve_filesystem(root)
+    path = f"{base.rstrip('/')}/{table}/sweep={spec.sweep}/{spec.key()}.parquet"
+    return pq.read_table(path, filesystem=fs).to_pandas()
+
+
+def plot_path(root: str, spec: TrialSpec) -> str:
+    return os.path.join(root, "plots", f"sweep={spec.sweep}", f"{spec.key()}.png")
+
+
+def plot_trial(root: str, spec: TrialSpec) -> str | None:
+    """The trial's loss/acc-vs-alpha PNG beside the tables (local roots; else no file)."""
+    if "://" in root:
+        return None
+    from .plots import plot_trial_curves
+
+    path = plot_path(root, spec)
+    if not os.path.exists(path):
+        curves = _trial_frame(root, "curves", spec)
+        plot_trial_curves(curves, path, title=f"{spec.sweep}: {spec.run_name()}")
+    return path
 
 
 def log_trial_to_mlflow(tracker: Tracker, root: str, spec: TrialSpec) -> str:
     key = spec.key()
-    rows = results.read_table(root, "trials", spec.sweep)
-    rows = rows[rows["trial_key"] == key]
-    curves = results.read_table(root, "curves", spec.sweep)
-    curves = curves[curves["trial_key"] == key]
+    rows = _trial_frame(root, "trials", spec)
+    curves = _trial_frame(root, "curves", spec)
     files = [results.table_path(root, t, spec.sweep, key) for t in ("trials", "curves", "layers")]
-    png = os.path.join(root, "plots", f"sweep={spec.sweep}", f"{key}.png")
+    png = plot_path(root, spec)
     artifacts = [p for p in [*files, png] if "://" not in p and os.path.exists(p)]
     return tracker.log_trial(key, spec.params(), rows, curves, artifacts, run_name=spec.run_name())
 
@@ -245,7 +303,7 @@ def run_sweep(
     done = finished_trials(root, sweep.name)
     pending = [t for t in trials if t.key() not in done]
     tracker = Tracker(tracking_uri, sweep.name) if tracking_uri else None
-    mlflow_cb = MlflowLogger(tracker, root)
+    publisher = TrialPublisher(tracker, root)
     if pending:
         print(f"[{sweep.name}] stage 2: {len(pending)} of {len(trials)} merge trials to run",
               file=sys.stderr, flush=True)  # fmt: skip
@@ -256,16 +314,23 @@ def run_sweep(
         )  # fmt: skip
         _fit(fn, f"{sweep.name}-trials", "trial", [trial_to_dict(t) for t in pending],
              _trial_resources(sweep), root=root,
-             callbacks=[Progress("trials", len(pending)), mlflow_cb], sweep=sweep,
+             callbacks=[Progress("trials", len(pending)), publisher], sweep=sweep,
              verbose=verbose, max_failures=max_failures)  # fmt: skip
+    publisher.drain()
     done = finished_trials(root, sweep.name)
     unfinished = [t for t in trials if t.key() not in done]
+    for spec in trials:  # finished by an earlier, interrupted run: plot what is missing
+        if spec.key() in done:
+            try:
+                plot_trial(root, spec)
+            except Exception as err:  # a figure must never fail a sweep
+                log.warning("plot of trial %s failed: %s", spec.key(), err)
     # MLflow: anything finished but not logged (earlier interrupted runs, server down) now.
     if tracker is not None:
         try:
             sync_from_parquet(root, tracking_uri, sweep.name)
         except TrackingUnavailable as err:
-            mlflow_cb.problems.append(str(err))
+            publisher.problems.append(str(err))
     if unfinished:
         names = ", ".join(t.run_name() for t in unfinished[:5])
         raise SweepIncomplete(
@@ -284,5 +349,5 @@ def run_sweep(
         trials_reused=len(trials) - len(pending),
         seconds=time.monotonic() - started,
         summary=results.summarize(table) if not table.empty else table,
-        mlflow_problems=mlflow_cb.problems,
+        mlflow_problems=publisher.problems,
     )

@@ -502,7 +502,8 @@ def _trial_params(rows: pd.DataFrame, epochs: Mapping[str, int]) -> dict[str, An
 def _local_trial_files(root: str | os.PathLike, sweep: str, key: str) -> list[str]:
     if "://" in os.fspath(root):
         return []
-    paths = (table_path(root, t, sweep, key) for t in ("trials", "curves", "layers"))
+    paths = [table_path(root, t, sweep, key) for t in ("trials", "curves", "layers")]
+    paths.append(os.path.join(os.fspath(root), "plots", f"sweep={sweep}", f"{key}.png"))
     return [p for p in paths if os.path.isfile(p)]
 
 

@@ -187,7 +187,7 @@ def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
 def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
                     data_root: str | None = None, workers: Any = 1,
                     loader_workers: int = 0) -> dict[str, pd.DataFrame]:  # fmt: skip
-    """Align, interpolate, renormalise, evaluate; write the trial's Parquet files and plot.
+    """Align, interpolate, renormalise, evaluate; write the trial's Parquet files.
 
     ``loader_workers``: DataLoader processes per pass worker for file-backed datasets (JPEG
     decoding of ImageNet is the bottleneck there); in-memory tensors need none.
@@ -215,18 +215,7 @@ def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
     key = spec.key()
     for table in ("curves", "layers", "trials"):  # "trials" last: it marks the trial finished
         results.write_rows(root, table, spec.sweep, key, tables[table], extra="drop")
-    _plot_trial(spec, tables["curves"], root)
     return tables
-
-
-def _plot_trial(spec: TrialSpec, curves: pd.DataFrame, root: str) -> None:
-    if "://" in str(root):
-        return  # plots of remote stores are made by `repair-dist plot`
-    from .plots import plot_trial_curves
-
-    path = os.path.join(root, "plots", f"sweep={spec.sweep}", f"{spec.key()}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    plot_trial_curves(curves, path, title=f"{spec.sweep}: {spec.run_name()}")
 
 
 def merge_trainable(config: dict[str, Any], *, store_uri: str, root: str, data_root: str | None,
