@@ -73,6 +73,10 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
     for key in (t.key() for t in sweep.trials()):
         png = tmp_path / "plots" / f"sweep={sweep.name}" / f"{key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep.name)
+    parents = [r for r in client.search_runs([exp.experiment_id]) if "trial_key" not in r.data.tags]
+    assert [p.info.status for p in parents] == ["FINISHED"]  # one parent run, closed
     run = child_runs(uri, sweep.name)[0]
     assert (
         "barrier_loss_mid.full" in run.data.metrics

@@ -329,6 +329,7 @@ def run_sweep(
     if tracker is not None:
         try:
             sync_from_parquet(root, tracking_uri, sweep.name)
+            tracker.finish("FAILED" if unfinished else "FINISHED")  # the parent run's status
         except TrackingUnavailable as err:
             publisher.problems.append(str(err))
     if unfinished:
