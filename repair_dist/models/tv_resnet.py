@@ -152,15 +152,4 @@ class TorchvisionResNet(TVResNet):
         return b.build()
 
 
-def torchvision_resnet(
-    name: str = "resnet18",
-    width: float = 1,
-    norm: str = "bn",
-    num_classes: int = 1000,
-    in_shape: Sequence[int] = (3, 224, 224),
-) -> TorchvisionResNet:
-    """torchvision ResNet18/50 (load-compatible with torchvision checkpoints for bn, width 1)."""
-    return TorchvisionResNet(name, width, norm, num_classes, in_shape)
-
-
-__all__ = ["TORCHVISION_ARCHS", "TorchvisionResNet", "torchvision_resnet"]
+__all__ = ["TORCHVISION_ARCHS", "TorchvisionResNet"]
