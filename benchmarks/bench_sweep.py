@@ -50,11 +50,11 @@ from _common import (  # noqa: E402
 )
 
 import repair_dist as rd  # noqa: E402
-from repair_dist.pipeline import merge_trial  # noqa: E402
 from repair_dist.sweep import results, runner  # noqa: E402
 from repair_dist.sweep.config import ArchGrid, Sweep  # noqa: E402
 from repair_dist.sweep.runner import run_sweep  # noqa: E402
 from repair_dist.sweep.tracking import Tracker, default_tracking_uri  # noqa: E402
+from repair_dist.sweep.trainables import merge_for_spec  # noqa: E402
 
 NAME = "bench-sweep"
 
@@ -87,18 +87,7 @@ def train_endpoints(sweep: Sweep, train) -> dict[int, torch.nn.Module]:
 
 
 def run_direct(spec, nets, train, test):
-    return merge_trial(
-        nets[spec.a.seed],
-        nets[spec.b.seed],
-        train,
-        test,
-        method=spec.method,
-        variants=spec.variants,
-        alphas=list(spec.alphas),
-        residual=spec.residual,
-        batch_size=spec.batch_size,
-        seed=spec.a.seed,
-    )
+    return merge_for_spec(spec, nets[spec.a.seed], nets[spec.b.seed], train, test)
 
 
 # ------------------------------------------------------------------------------------------

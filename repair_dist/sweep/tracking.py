@@ -305,20 +305,24 @@ class Tracker:
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
 
-    def _search(self, tag: str, value: str) -> list:
-        """Active runs of this experiment with ``tags.<tag> = value``, oldest first."""
+    def _search_all(self, filter_string: str) -> list:
+        """Every active run of this experiment matching ``filter_string`` (all pages)."""
         runs, token = [], None
         while True:
             page = self._client.search_runs(
                 [self.experiment_id()],
-                filter_string=f"tags.{tag} = '{_check_safe(tag, value)}'",
+                filter_string=filter_string,
                 max_results=1000,
                 page_token=token,
             )
             runs.extend(page)
             token = page.token
             if not token:
-                break
+                return runs
+
+    def _search(self, tag: str, value: str) -> list:
+        """Active runs of this experiment with ``tags.<tag> = value``, oldest first."""
+        runs = self._search_all(f"tags.{tag} = '{_check_safe(tag, value)}'")
         return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
     def _get_or_create_run(self, tag: str, value: str, tags: Mapping[str, str]) -> tuple[str, bool]:
@@ -364,18 +368,7 @@ class Tracker:
     def logged_keys(self, tag: str = "trial_key") -> set[str]:
         """Every value of ``tag`` among this sweep's active runs (one paged query)."""
         with self._guard(f"listing {tag}s"):
-            runs, token = [], None
-            while True:
-                page = self._client.search_runs(
-                    [self.experiment_id()],
-                    filter_string=f"tags.{tag} != ''",
-                    max_results=1000,
-                    page_token=token,
-                )
-                runs.extend(page)
-                token = page.token
-                if not token:
-                    break
+            runs = self._search_all(f"tags.{tag} != ''")
         return {r.data.tags[tag] for r in runs if tag in r.data.tags}
 
     def log_trial(

@@ -184,6 +184,24 @@ def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
     return {"curves": curves, "layers": layers, "trials": trials}
 
 
+def merge_for_spec(spec: TrialSpec, net_a: Any, net_b: Any, train: Any, test: Any, *,
+                   workers: Any = 1) -> Any:  # fmt: skip
+    """:func:`~repair_dist.pipeline.merge_trial` with every setting taken from ``spec``."""
+    return merge_trial(
+        net_a,
+        net_b,
+        train,
+        test,
+        method=spec.method,
+        variants=spec.variants,
+        alphas=list(spec.alphas),
+        residual=spec.residual,
+        batch_size=spec.batch_size,
+        seed=spec.a.seed,
+        workers=workers,
+    )
+
+
 def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
                     data_root: str | None = None, workers: Any = 1,
                     loader_workers: int = 0) -> dict[str, pd.DataFrame]:  # fmt: skip
@@ -198,19 +216,7 @@ def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
     if not isinstance(train, TensorDataset):
         train = BatchPlan(train, spec.batch_size, loader_workers=loader_workers)
         test = BatchPlan(test, spec.batch_size, loader_workers=loader_workers)
-    outcome = merge_trial(
-        net_a,
-        net_b,
-        train,
-        test,
-        method=spec.method,
-        variants=spec.variants,
-        alphas=list(spec.alphas),
-        residual=spec.residual,
-        batch_size=spec.batch_size,
-        seed=spec.a.seed,
-        workers=workers,
-    )
+    outcome = merge_for_spec(spec, net_a, net_b, train, test, workers=workers)
     tables = trial_tables(spec, outcome)
     key = spec.key()
     for table in ("curves", "layers", "trials"):  # "trials" last: it marks the trial finished
