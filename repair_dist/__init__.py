@@ -6,7 +6,7 @@ over data accepts ``workers=N`` (N Ray actors) or an executor, default 1 (in pro
 
 from .data import BatchPlan, load_dataset
 from .merge import interpolate
-from .metrics import barriers, collapsed_filters, evaluate, interpolation_curve
+from .metrics import barriers, collapsed_filters, evaluate
 from .models import MODEL_NAMES, build_model
 from .perm import (
     activation_matching,
@@ -16,6 +16,7 @@ from .perm import (
     permutation_spec,
     weight_matching,
 )
+from .pipeline import alpha_grid, interpolation_curve, merge_trial
 from .repair import VARIANTS, endpoint_statistics, repair
 from .train import train_model
 
@@ -27,6 +28,7 @@ __all__ = [
     "BatchPlan",
     "activation_matching",
     "alignment_statistics",
+    "alpha_grid",
     "apply_permutation",
     "barriers",
     "build_model",
@@ -36,6 +38,7 @@ __all__ = [
     "interpolate",
     "interpolation_curve",
     "load_dataset",
+    "merge_trial",
     "permutation_from_stats",
     "permutation_spec",
     "repair",

@@ -117,9 +117,8 @@ class ResNet20(nn.Module):
             x = stage(x)
         return self.head(self.avgpool(x).flatten(1))
 
-    def permutation_spec(self, residual: str = "output") -> PermutationSpec:
-        """Spec with one stream group per stage (``residual`` is for matching, ignored here)."""
-        del residual
+    def permutation_spec(self) -> PermutationSpec:
+        """Spec with one stream group per stage."""
         kind = self.norm_kind
         bias = kind not in _BN
         b = SpecBuilder()

@@ -105,15 +105,14 @@ class TorchvisionResNet(TVResNet):
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def permutation_spec(self, residual: str = "output") -> PermutationSpec:
-        """Spec over torchvision key names (``residual`` is for matching, ignored here).
+    def permutation_spec(self) -> PermutationSpec:
+        """Spec over torchvision key names.
 
         Probes: the top-level ``relu`` (used once, by the stem) and each block's own output for
         stream groups; ``bnK`` with ``relu=True`` inside blocks, whose ``relu`` module is shared.
         With norm="none" ``bnK`` is an Identity, still called exactly once, so it stays a
         unique hook point (and sees any correction applied to the conv before it).
         """
-        del residual
         kind = self.norm_kind
         bias = kind not in _BN
         b = SpecBuilder()

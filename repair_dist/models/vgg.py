@@ -101,9 +101,8 @@ class VGG(nn.Module):
             x = block(x)
         return self.head(self.avgpool(x).flatten(1))
 
-    def permutation_spec(self, residual: str = "output") -> PermutationSpec:
-        """One group per conv; ``residual`` is accepted for a uniform API (no residual streams)."""
-        del residual
+    def permutation_spec(self) -> PermutationSpec:
+        """One group per conv."""
         b = SpecBuilder()
         has_bias = self.norm_kind not in ("bn", "psbn")
         prev: str | None = None

@@ -16,13 +16,12 @@ from .apply import (
     permute_state_dict,
     random_permutation,
 )
-from .spec import PermutationSpec, Probe, RepairPoint, SpecBuilder, permutation_spec
+from .spec import PermutationSpec, RepairPoint, SpecBuilder, permutation_spec
 from .weight import matching_objective, weight_matching
 
 __all__ = [
     "Permutation",
     "PermutationSpec",
-    "Probe",
     "RepairPoint",
     "SpecBuilder",
     "activation_matching",

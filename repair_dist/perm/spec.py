@@ -12,17 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Probe:
-    """A place where activations are observed: the output of ``module`` (ReLU applied if asked).
-
-    Matching probes are post-ReLU activations; ``relu=True`` lets a spec observe the output of
-    a norm layer whose ReLU is applied functionally or by a shared module.
-    """
-
-    module: str
-    relu: bool = False
+from ..passes.probes import Probe
 
 
 @dataclass(frozen=True)
@@ -146,7 +136,7 @@ class SpecBuilder:
         )
 
 
-def permutation_spec(net: nn.Module, **options: object) -> PermutationSpec:
+def permutation_spec(net: nn.Module) -> PermutationSpec:
     """The spec of a net from this package (every model implements ``permutation_spec()``)."""
     builder = getattr(net, "permutation_spec", None)
     if builder is None:
@@ -154,6 +144,6 @@ def permutation_spec(net: nn.Module, **options: object) -> PermutationSpec:
             f"{type(net).__name__} declares no permutation spec; build it with "
             "repair_dist.build_model or give it a permutation_spec() method"
         )
-    spec = builder(**options)
+    spec = builder()
     spec.validate(net)
     return spec
