@@ -27,14 +27,14 @@ from .perm import (
     alignment_statistics,
     apply_permutation,
     identity_permutation,
-    permutation_from_stats,
     permutation_spec,
-    weight_matching,
 )
+from .perm.matchers import MATCHING_METHODS, MatchInputs, matching_method
 from .perm.spec import PermutationSpec
 from .repair import VARIANTS, endpoint_statistics, repair
 
-METHODS = ("activation", "weight")
+#: Matching methods a trial accepts (the registry's names).
+METHODS = tuple(MATCHING_METHODS)
 
 
 #: Curve variants: "aligned" is plain interpolation; the rest are REPAIR variants.
@@ -163,8 +163,7 @@ def merge_trial(
     Variants reported: ``naive`` (no alignment), ``aligned`` (no renormalisation) and each of
     ``variants`` (REPAIR family) applied to the aligned interpolation.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown matching method {method!r}; choose one of {', '.join(METHODS)}")
+    matcher = matching_method(method)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown REPAIR variants {unknown}; choose from {', '.join(VARIANTS)}")
@@ -173,13 +172,17 @@ def merge_trial(
     executor = resolve_executor(workers)
     train_plan, test_plan = as_plan(train, batch_size), as_plan(test, batch_size)
     stats = alignment_statistics(
-        net_a, net_b, train_plan, spec=spec, residual=residual, workers=executor,
+        net_a,
+        net_b,
+        train_plan,
+        spec=spec,
+        residual=residual,
+        workers=executor,
         repair_cross="closed_form" in variants,  # only closed_form reads the A-B cross terms
-    )  # fmt: skip
-    if method == "activation":
-        perm = permutation_from_stats(stats, spec, residual)
-    else:
-        perm = weight_matching(net_a, net_b, spec=spec, seed=seed)
+    )
+    perm = matcher.match(
+        MatchInputs(net_a, net_b, spec, stats, residual, train_plan, seed, executor)
+    )
     net_c = apply_permutation(net_b, perm, spec)
     common = dict(spec=spec, workers=executor, alphas=alphas)
     naive = interpolation_curve(

@@ -11,33 +11,15 @@ from ..perm.spec import PermutationSpec, SpecBuilder
 from .norms import kaiming_init, layer_bias, make_norm, norm_kind
 
 # Channel plans of Simonyan & Zisserman; "M" = 2x2 max-pool.
+#: Channel plans of the VGG paper ("M" = max-pool), written as strings so they stay one line.
+_PLANS = {
+    11: "64 M 128 M 256 256 M 512 512 M 512 512 M",
+    13: "64 64 M 128 128 M 256 256 M 512 512 M 512 512 M",
+    16: "64 64 M 128 128 M 256 256 256 M 512 512 512 M 512 512 512 M",
+    19: "64 64 M 128 128 M 256 256 256 256 M 512 512 512 512 M 512 512 512 512 M",
+}
 VGG_CONFIGS: dict[int, tuple[int | str, ...]] = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    19: (
-        64,
-        64,
-        "M",
-        128,
-        128,
-        "M",
-        256,
-        256,
-        256,
-        256,
-        "M",
-        512,
-        512,
-        512,
-        512,
-        "M",
-        512,
-        512,
-        512,
-        512,
-        "M",
-    ),  # fmt: skip
+    depth: tuple(x if x == "M" else int(x) for x in plan.split()) for depth, plan in _PLANS.items()
 }
 
 

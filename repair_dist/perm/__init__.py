@@ -16,10 +16,14 @@ from .apply import (
     permute_state_dict,
     random_permutation,
 )
+from .matchers import MATCHING_METHODS, MatchingMethod, MatchInputs, matching_method
 from .spec import PermutationSpec, RepairPoint, SpecBuilder, permutation_spec
 from .weight import matching_objective, weight_matching
 
 __all__ = [
+    "MATCHING_METHODS",
+    "MatchInputs",
+    "MatchingMethod",
     "Permutation",
     "PermutationSpec",
     "RepairPoint",
@@ -32,6 +36,7 @@ __all__ = [
     "compose_permutations",
     "identity_permutation",
     "invert_permutation",
+    "matching_method",
     "matching_objective",
     "permutation_from_stats",
     "permutation_spec",

@@ -106,9 +106,15 @@ def activation_matching(
     """Permutation of B's units that maximises their activation correlation with A's."""
     spec = spec or permutation_spec(net_a)
     stats = alignment_statistics(
-        net_a, net_b, data, spec=spec, residual=residual, batch_size=batch_size,
-        workers=workers, repair=False,
-    )  # fmt: skip
+        net_a,
+        net_b,
+        data,
+        spec=spec,
+        residual=residual,
+        batch_size=batch_size,
+        workers=workers,
+        repair=False,
+    )
     return permutation_from_stats(stats, spec, residual)
 
 
