@@ -11,7 +11,7 @@ of unpermuted B, from the same pass).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -39,6 +39,16 @@ METHODS = tuple(MATCHING_METHODS)
 
 #: Curve variants: "aligned" is plain interpolation; the rest are REPAIR variants.
 CURVE_VARIANTS = ("aligned", *VARIANTS)
+#: Every variant a merge trial reports, in display order (tables, plots): the unaligned and the
+#: aligned-but-unrepaired baselines first, then the REPAIR family. The one copy of this order.
+TRIAL_VARIANTS = ("naive", *CURVE_VARIANTS)
+
+
+def variant_order(values: Iterable[str]) -> list[str]:
+    """Distinct ``values`` in display order: known variants first, others as they appear."""
+    distinct = list(dict.fromkeys(values))
+    known = [v for v in TRIAL_VARIANTS if v in distinct]
+    return known + [v for v in distinct if v not in TRIAL_VARIANTS]
 
 
 #: Alphas are rounded to this many decimals so that a grid given as a count and the same grid
