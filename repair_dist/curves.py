@@ -76,6 +76,20 @@ def curve_weights(kind: str, t: float) -> tuple[float, float, float]:
     raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
+def combine(
+    weights: tuple[float, float, float],
+    a: dict[str, torch.Tensor],
+    m: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """phi's tensors ``wa * a + wm * m + wb * b`` per name of ``a``, differentiable in ``m``.
+
+    This is what a training step runs; with weights (1, 0, 0) it returns A's values exactly.
+    """
+    wa, wm, wb = weights
+    return {n: wa * a[n] + wm * m[n] + wb * b[n] for n in a}
+
+
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -232,13 +246,12 @@ def fit_curve(
 
     start = time.perf_counter()
     dev = torch.device(device) if device is not None else _device_of(net_a)
-    a_state = {k: v.detach().to(dev) for k, v in net_a.state_dict().items()}
-    b_state = {k: v.detach().to(dev) for k, v in net_b.state_dict().items()}
+    a_params = {n: p.detach().to(dev) for n, p in net_a.named_parameters()}
+    b_params = {n: p.detach().to(dev) for n, p in net_b.named_parameters()}
     init = interpolate([net_a, net_b], [0.5, 0.5]).to(dev)
 
     # The template runs the forward; its buffers are scratch (train-mode BN updates them).
     template = copy.deepcopy(net_a).to(dev).train()
-    names = [n for n, _ in template.named_parameters()]
     mid = {n: nn.Parameter(p.detach().clone()) for n, p in init.named_parameters()}
     buffers = dict(template.named_buffers())
 
@@ -259,8 +272,8 @@ def fit_curve(
         loss_sum, seen = torch.zeros((), device=dev), 0
         for x, y in epoch_batches():
             x, y = x.to(dev), y.to(dev)
-            wa, wm, wb = curve_weights(kind, float(torch.rand((), generator=t_gen)))
-            params = {n: wa * a_state[n] + wm * mid[n] + wb * b_state[n] for n in names}
+            w = curve_weights(kind, float(torch.rand((), generator=t_gen)))
+            params = combine(w, a_params, mid, b_params)
             out = functional_call(template, (params, buffers), (x,))
             loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
