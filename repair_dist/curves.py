@@ -44,6 +44,7 @@ from .data.batches import BatchPlan, as_plan
 from .execution import Workers, resolve_executor
 from .merge import interpolate
 from .metrics import alphas_grid, barriers, evaluate
+from .passes import device_of
 from .perm import check_same_architecture
 from .repair import repair
 from .train import _loader_batches, _tensor_batches, lr_factor
@@ -95,11 +96,18 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
+def _in_unit_interval(t: object) -> bool:
+    try:
+        v = float(t)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and 0.0 <= v <= 1.0
+
+
 def _check_t(t: float) -> float:
-    t = float(t)
-    if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-        raise ValueError(f"curve position t must lie in [0, 1] (got {t})")
-    return t
+    if isinstance(t, bool) or not _in_unit_interval(t):
+        raise ValueError(f"curve position t must lie in [0, 1] (got {t!r})")
+    return float(t)
 
 
 def t_grid(ts: int | Sequence[float]) -> list[float]:
@@ -107,14 +115,14 @@ def t_grid(ts: int | Sequence[float]) -> list[float]:
 
     0, 1/2 and 1 are always included: barriers need the endpoints and the midpoint.
     """
-    if isinstance(ts, bool) or not isinstance(ts, (int, Sequence)):
+    if isinstance(ts, (bool, str)) or not isinstance(ts, (int, Sequence)):
         raise TypeError(f"ts must be a number of points or a list of t values (got {ts!r})")
     if isinstance(ts, int) and ts < 2:
         raise ValueError(f"a t grid needs at least 2 points (the endpoints), got {ts}")
     if not isinstance(ts, int):
-        bad = [t for t in ts if not (math.isfinite(float(t)) and 0.0 <= float(t) <= 1.0)]
-        if bad:
-            raise ValueError(f"t grid values must lie in [0, 1]; got {bad}")
+        bad = [t for t in ts if isinstance(t, bool) or not _in_unit_interval(t)]
+        if bad or not ts:
+            raise ValueError(f"t grid values must be numbers in [0, 1]; got {bad or 'none'}")
     return alphas_grid(ts)
 
 
@@ -245,7 +253,7 @@ def fit_curve(
         )
 
     start = time.perf_counter()
-    dev = torch.device(device) if device is not None else _device_of(net_a)
+    dev = torch.device(device) if device is not None else device_of(net_a)
     a_params = {n: p.detach().to(dev) for n, p in net_a.named_parameters()}
     b_params = {n: p.detach().to(dev) for n, p in net_b.named_parameters()}
     init = interpolate([net_a, net_b], [0.5, 0.5]).to(dev)
@@ -289,7 +297,7 @@ def fit_curve(
             )
 
     # M's buffers stay at the linear midpoint: they are never used (see Curve.at).
-    out_dev = _device_of(net_a)
+    out_dev = device_of(net_a)
     mid_state = {k: v.detach().to(out_dev).clone() for k, v in init.state_dict().items()}
     mid_state.update({n: p.detach().to(out_dev).clone() for n, p in mid.items()})
     return Curve(
@@ -300,12 +308,6 @@ def fit_curve(
         history=history,
         seconds=time.perf_counter() - start,
     )
-
-
-def _device_of(net: nn.Module) -> torch.device:
-    for p in net.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def curve_profile(

@@ -216,7 +216,7 @@ def test_endpoints_of_different_architectures_are_refused(endpoints):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("ts", [[0.0, 1.5], [-0.1, 0.5], 1])
+@pytest.mark.parametrize("ts", [[0.0, 1.5], [-0.1, 0.5], [0.2, "x"], [float("nan")], [], 1])
 def test_t_grid_outside_the_unit_interval_is_refused(endpoints, ts):
     a, b = endpoints["vgg-bn"]
     curve = Curve(a, b, rd.interpolate([a, b], [0.5, 0.5]).state_dict())
