@@ -6,7 +6,7 @@ this machine, a VGG11 width-1/4 BN net on digits) and every endpoint pair:
 1. train A and B from different seeds; align B to A by activation matching;
 2. the straight lines: naive (B as trained), aligned, and aligned + REPAIR (``full`` for plain
    nets, the BN ``reset`` for BN nets), via :func:`repair_dist.pipeline.merge_trial`;
-3. for each number of curve-training epochs: a quadratic Bezier curve fitted to (A, aligned B)
+3. for each number of curve-training epochs: a curve (quadratic Bezier; ``--kind``) fitted to (A, aligned B)
    and one to (A, naive B), same seed, profiled on an 11-point t grid with BN statistics
    re-estimated at every t; barriers on the test split (:func:`repair_dist.curve_barriers`).
 
@@ -96,11 +96,13 @@ def line_rows(name: str, pair: int, a, b, train, test, repair: str, ts: int) -> 
     return rows
 
 
-def curve_rows(name: str, pair: int, a, b, c, train, test, epochs: list[int], ts: int):
+def curve_rows(
+    name: str, pair: int, a, b, c, train, test, epochs: list[int], ts: int, kind: str
+) -> list[dict]:
     rows = []
     for e in epochs:
         for which, other in (("curve aligned", c), ("curve naive", b)):
-            curve = rd.fit_curve(a, other, train, kind="bezier", epochs=e, seed=pair)
+            curve = rd.fit_curve(a, other, train, kind=kind, epochs=e, seed=pair)
             got = rd.curve_barriers(rd.curve_profile(curve, train, test, ts=ts))
             rows.append(
                 {
@@ -179,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=2, help="endpoint pairs per setting")
     parser.add_argument("--epochs", default="1,2,5,10,20", help="curve-training epoch counts")
+    parser.add_argument("--kind", default="bezier", choices=rd.CURVE_KINDS)
     parser.add_argument("--ts", type=int, default=11, help="points on the t / alpha grid")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--quick", action="store_true", help="1 pair, epochs 1,5")
@@ -204,10 +207,11 @@ def main() -> None:
             b = endpoint(setting, 2 * pair + 1, train)
             c = rd.apply_permutation(b, rd.activation_matching(a, b, train))
             rows += line_rows(name, pair, a, b, train, test, setting["repair"], args.ts)
-            rows += curve_rows(name, pair, a, b, c, train, test, epochs, args.ts)
+            rows += curve_rows(name, pair, a, b, c, train, test, epochs, args.ts, args.kind)
         print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
     report(rows, epochs)
-    write_json(args.json, {"machine": info, "epochs": epochs, "pairs": pairs, "rows": rows})
+    meta = {"machine": info, "kind": args.kind, "epochs": epochs, "pairs": pairs}
+    write_json(args.json, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":
