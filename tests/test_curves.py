@@ -23,6 +23,15 @@ def _build(arch: str, seed: int) -> torch.nn.Module:
     return rd.build_model("vgg" if arch.startswith("vgg") else "mlp", **TINY[arch])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets: intra-op threads only add sync overhead (10x under a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     train, test = rd.load_dataset("digits")
