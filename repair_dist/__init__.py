@@ -4,6 +4,8 @@ The public API (DESIGN.md §3). Science functions take plain modules and dataset
 over data accepts ``workers=N`` (N Ray actors) or an executor, default 1 (in process).
 """
 
+from .curves import KINDS as CURVE_KINDS
+from .curves import Curve, curve_barriers, curve_profile, fit_curve
 from .data import BatchPlan, load_dataset
 from .merge import interpolate
 from .metrics import barriers, collapsed_filters, evaluate
@@ -23,9 +25,11 @@ from .train import train_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "CURVE_KINDS",
     "MODEL_NAMES",
     "VARIANTS",
     "BatchPlan",
+    "Curve",
     "activation_matching",
     "alignment_statistics",
     "alpha_grid",
@@ -33,8 +37,11 @@ __all__ = [
     "barriers",
     "build_model",
     "collapsed_filters",
+    "curve_barriers",
+    "curve_profile",
     "endpoint_statistics",
     "evaluate",
+    "fit_curve",
     "interpolate",
     "interpolation_curve",
     "load_dataset",
