@@ -41,13 +41,13 @@ from torch.utils.data import Dataset, TensorDataset
 
 # Internals in one place (issue 8 moves execution/metrics helpers; re-point them here).
 from .data.batches import BatchPlan, as_plan
-from .execution import Workers, resolve_executor
 from .merge import interpolate
-from .metrics import alphas_grid, barriers, evaluate
-from .passes import device_of
+from .metrics import barriers, evaluate
+from .passes import Workers, device_of, resolve_executor
 from .perm import check_same_architecture
+from .pipeline import alpha_grid
 from .repair import repair
-from .train import _loader_batches, _tensor_batches, lr_factor
+from .train import loader_batches, lr_factor, tensor_batches
 
 KINDS = ("bezier", "polychain")
 
@@ -123,7 +123,7 @@ def t_grid(ts: int | Sequence[float]) -> list[float]:
         bad = [t for t in ts if isinstance(t, bool) or not _in_unit_interval(t)]
         if bad or not ts:
             raise ValueError(f"t grid values must be numbers in [0, 1]; got {bad or 'none'}")
-    return alphas_grid(ts)
+    return alpha_grid(ts)
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -202,10 +202,10 @@ def _epoch_batches(
 ) -> tuple[int, EpochBatches]:
     """(steps per epoch, a callable giving one epoch's shuffled batches), as train_model."""
     if isinstance(data, TensorDataset):
-        return max(1, len(data) // batch_size), _tensor_batches(data, batch_size, device, gen)
+        return max(1, len(data) // batch_size), tensor_batches(data, batch_size, device, gen)
     n = len(data)  # type: ignore[arg-type]
     steps = max(1, n // batch_size) if n > batch_size else 1
-    return steps, _loader_batches(data, batch_size, gen, 0)
+    return steps, loader_batches(data, batch_size, gen, 0)
 
 
 def fit_curve(
