@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from repair_dist.cli import main as cli_main
+from repair_dist.location import Location
 from repair_dist.sweep import results
 from repair_dist.sweep.config import ArchGrid, Sweep
 from repair_dist.sweep.runner import run_sweep
@@ -241,7 +242,7 @@ def test_a_data_parallel_endpoint_trains_on_ray_train_workers(ray_ready, tmp_pat
     ep = sweep.endpoints()[0]
     assert ep.train_workers == 2
     store = CheckpointStore(tmp_path / "checkpoints")
-    row = train_endpoint(ep, store, cpus_per_worker=0.5, storage_path=str(tmp_path / "tune"))
+    row = train_endpoint(ep, store, cpus_per_worker=0.5, storage=Location.of(tmp_path / "tune"))
     assert row["test_acc"] > 0.3  # the DDP-trained net really learned
     assert store.meta(ep.key())["train_workers"] == 2
     assert len(list((tmp_path / "tune").glob("train-*"))) == 1  # one Ray Train run

@@ -148,16 +148,6 @@ def test_the_parent_run_closes_and_takes_children_after_a_resume(uri: str) -> No
     assert client.get_run(child).data.tags["mlflow.parentRunId"] == tracker.parent_run_id()
 
 
-def test_log_endpoint_reuses_its_run(uri: str) -> None:
-    tracker = Tracker(uri, "quick")
-    params = {"model": "mlp", "seed": 0, "epochs": 3}
-    run_id = tracker.log_endpoint("e0", params, {"test_acc": 0.9, "train_loss": float("nan")})
-    assert tracker.log_endpoint("e0", params, {"test_acc": 0.9}) == run_id
-    run = MlflowClient(tracking_uri=uri).get_run(run_id)
-    assert run.data.tags["endpoint_key"] == "e0" and run.data.tags["kind"] == "endpoint"
-    assert run.data.metrics == {"test_acc": 0.9}
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

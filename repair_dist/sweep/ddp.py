@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..location import Location
 from .config import EndpointConfig
 
 _WEIGHTS = "model.pt"
@@ -66,7 +67,7 @@ def train_data_parallel(
     data_root: str | None,
     cpus_per_worker: float,
     gpus_per_worker: float,
-    storage_path: str,
+    storage: Location,
 ) -> nn.Module:
     """Train ``ep`` on ``ep.train_workers`` Ray Train workers; returns the trained net (CPU)."""
     from ray.train import RunConfig, ScalingConfig
@@ -82,7 +83,7 @@ def train_data_parallel(
         scaling_config=ScalingConfig(
             num_workers=ep.train_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(name=f"train-{ep.key()}", storage_path=storage_path),
+        run_config=RunConfig(name=f"train-{ep.key()}", **storage.ray_storage()),
     )
     result = trainer.fit()
     if result.checkpoint is None:

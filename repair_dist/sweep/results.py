@@ -1,8 +1,8 @@
 """Sweep results as Parquet tables (DESIGN.md §5): explicit schemas, one file per trial.
 
 Layout: ``<root>/<table>/sweep=<sweep>/<key>.parquet`` for the tables ``endpoints``,
-``trials``, ``curves`` and ``layers``. ``root`` is a local path or any pyarrow URI
-(``s3://...``, ``gs://...``). Each file is written under a temporary name starting with ``.``
+``trials``, ``curves`` and ``layers``. ``root`` is a local path, any pyarrow URI
+(``s3://...``, ``gs://...``) or a :class:`~repair_dist.location.Location`, which owns the layout. Each file is written under a temporary name starting with ``.``
 (which Parquet readers, pyarrow and DuckDB skip) and then renamed, so a rerun of a trial
 replaces its file and rows are never duplicated.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -33,11 +32,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from ..location import TABLES, Location
 from ..repair import VARIANTS
-from ..store import resolve_filesystem
 
 SCHEMA_VERSION = "1"
-TABLES = ("endpoints", "trials", "curves", "layers")
 
 _S, _F, _I = pa.string(), pa.float64(), pa.int64()
 
@@ -141,17 +139,6 @@ duckdb -c "SELECT model, width, depth, method, variant,
            GROUP BY ALL ORDER BY ALL"
 """
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-def _check_name(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or value.endswith(".parquet"):
-        raise ValueError(
-            f"{what} {value!r} must start with a letter or digit and contain only letters, "
-            "digits and _ . + - (it becomes a file or directory name)"
-        )
-    return value
-
 
 def _check_table(table: str) -> str:
     if table not in SCHEMAS:
@@ -159,23 +146,16 @@ def _check_table(table: str) -> str:
     return table
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def _resolve(root: str | os.PathLike, filesystem: pafs.FileSystem | None):
-    if filesystem is not None:
-        path = os.fspath(root)
-        local = isinstance(filesystem, pafs.LocalFileSystem)
-        return filesystem, (os.path.abspath(path) if local else path.rstrip("/")), local
-    return resolve_filesystem(root)
-
-
-def table_path(root: str | os.PathLike, table: str, sweep: str, key: str) -> str:
+def table_path(
+    root: str | os.PathLike | Location,
+    table: str,
+    sweep: str,
+    key: str,
+    *,
+    filesystem: pafs.FileSystem | None = None,
+) -> str:
     """``<root>/<table>/sweep=<sweep>/<key>.parquet`` (the path inside root's filesystem)."""
-    _, base, _ = resolve_filesystem(root)
-    return _join(base, _check_table(table), f"sweep={_check_name('sweep', sweep)}",
-                 f"{_check_name('key', key)}.parquet")  # fmt: skip
+    return Location.of(root, filesystem).table_file(_check_table(table), sweep, key)
 
 
 def to_arrow(table: str, df: pd.DataFrame, sweep: str, *, extra: str = "error") -> pa.Table:
@@ -219,7 +199,7 @@ def to_arrow(table: str, df: pd.DataFrame, sweep: str, *, extra: str = "error") 
 
 
 def write_rows(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Location,
     table: str,
     sweep: str,
     key: str,
@@ -233,17 +213,14 @@ def write_rows(
     Returns the written path (inside ``root``'s filesystem; a local path for local roots).
     ``filesystem`` overrides the filesystem pyarrow infers from ``root``.
     """
-    _check_table(table)
-    _check_name("sweep", sweep)
-    _check_name("key", key)
+    loc = Location.of(root, filesystem)
+    final = loc.table_file(_check_table(table), sweep, key)
     data = to_arrow(table, df, sweep, extra=extra)
-    fs, base, local = _resolve(root, filesystem)
-    part = _join(base, table, f"sweep={sweep}")
-    final = _join(part, f"{key}.parquet")
-    tmp = _join(part, f".{key}.parquet.tmp-{uuid.uuid4().hex[:12]}")
+    fs, part = loc.fs, loc.table_dir(table, sweep)
+    tmp = f"{part}/.{key}.parquet.tmp-{uuid.uuid4().hex[:12]}"
     fs.create_dir(part, recursive=True)
     try:
-        if local:
+        if loc.local:
             pq.write_table(data, tmp, compression="zstd")
             os.replace(tmp, final)
         else:
@@ -263,7 +240,7 @@ def _empty(table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
 
 
 def read_table(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Location,
     table: str,
     sweep: str | None = None,
     *,
@@ -275,17 +252,13 @@ def read_table(
     An empty frame with the table's columns when nothing has been written yet.
     """
     _check_table(table)
-    fs, base, _ = _resolve(root, filesystem)
+    loc = Location.of(root, filesystem)
+    fs, where = loc.fs, loc.table_dir(table, sweep)
     full = SCHEMAS[table]
     if columns is not None:
         bad = [c for c in columns if c not in full.names]
         if bad:
             raise ValueError(f"{table} has no column(s) {', '.join(bad)}")
-    if sweep is not None:
-        _check_name("sweep", sweep)
-        where = _join(base, table, f"sweep={sweep}")
-    else:
-        where = _join(base, table)
     if fs.get_file_info(where).type != pafs.FileType.Directory:
         return _empty(table, columns)
     dataset = ds.dataset(
