@@ -265,7 +265,7 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
 
 
 def cmd_check_cluster(args: argparse.Namespace) -> int:
-    from .cluster_check import check_cluster, format_report, has_errors
+    from .distributed.cluster_check import check_cluster, format_report, has_errors
 
     problems = check_cluster(args.file, requires_gpu=args.requires_gpu)
     print(format_report(args.file, problems))

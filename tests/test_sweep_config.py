@@ -15,15 +15,9 @@ from repair_dist import store as store_mod
 from repair_dist.data.datasets import FASHION_MNIST_ROOT
 from repair_dist.models import build_model
 from repair_dist.store import CheckpointStore
-from repair_dist.sweep import config as config_mod
-from repair_dist.sweep.config import (
-    ArchGrid,
-    EndpointConfig,
-    Sweep,
-    SweepConfigError,
-    TrialSpec,
-    validate_sweep,
-)
+from repair_dist.sweep import validation as validation_mod
+from repair_dist.sweep.config import ArchGrid, EndpointConfig, Sweep, SweepConfigError, TrialSpec
+from repair_dist.sweep.validation import validate_sweep
 
 MLP = ArchGrid("mlp", widths=(64, 128), depths=(6,), norms=("none", "bn"))
 GOOD = Sweep(name="quick.v1", dataset="digits", archs=(MLP,), seeds=(0, 1, 2, 3), epochs=3)
@@ -226,7 +220,7 @@ def test_norm_not_supported_by_the_model() -> None:
 def test_a_net_that_cannot_run_on_the_dataset_inputs_is_reported(monkeypatch) -> None:
     # A conv net on flat (tabular) inputs fails in forward only: the meta-device pass sees it.
     flat = {"in_shape": (64,), "num_classes": 10}
-    monkeypatch.setattr(config_mod, "dataset_info", lambda name, root=None: flat)
+    monkeypatch.setattr(validation_mod, "dataset_info", lambda name, root=None: flat)
     sweep = replace(GOOD, archs=(ArchGrid("vgg", (0.25,), norms=("bn",)), MLP))
     _one_problem(sweep, "archs[0]", "vgg(width=0.25, depth=11, norm=bn)", "(64,)")
 
@@ -372,7 +366,6 @@ def test_trial_spec_normalises_sequences() -> None:
 
 
 def test_amp_must_be_a_boolean_and_is_part_of_the_trial_key():
-    from repair_dist.sweep.config import ArchGrid, Sweep, SweepConfigError, validate_sweep
 
     base = dict(name="amp", dataset="digits", archs=(ArchGrid("mlp", widths=(8,), depths=(2,)),))
     with pytest.raises(SweepConfigError, match="amp: must be true or false"):

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from repair_dist.sweep import results
-from repair_dist.sweep.config import Sweep, validate_sweep
+from repair_dist.sweep.config import Sweep
 from repair_dist.sweep.runner import run_sweep
+from repair_dist.sweep.validation import validate_sweep
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SCRIPTS = sorted(p.stem for p in SWEEPS.glob("*.py"))

@@ -34,7 +34,7 @@ from ..distributed import ensure_ray, init_local_ray  # noqa: E402
 from ..location import Location  # noqa: E402
 from ..store import CheckpointStore  # noqa: E402
 from . import results  # noqa: E402
-from .config import Sweep, TrialSpec, validate_sweep  # noqa: E402
+from .config import Sweep, TrialSpec  # noqa: E402
 from .tracking import (  # noqa: E402
     Tracker,
     TrackingUnavailable,
@@ -49,6 +49,7 @@ from .trainables import (  # noqa: E402
     trial_from_dict,
     trial_to_dict,
 )
+from .validation import validate_sweep  # noqa: E402
 
 log = logging.getLogger(__name__)
 
