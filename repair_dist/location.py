@@ -30,7 +30,8 @@ from pyarrow import fs as pafs
 #: values): a letter or digit first, then letters, digits and ``_ . + -``. Nothing can climb out
 #: of its directory or hide (leading ``.``), and MLflow filter strings (quoted with ``'``, which
 #: cannot be escaped) stay safe.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+SAFE_PUNCTUATION = "_.+-"
+SAFE_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9{re.escape(SAFE_PUNCTUATION)}]*$")
 #: Results tables (DESIGN.md §5), in the order a sweep writes them.
 TABLES: tuple[str, ...] = ("endpoints", "trials", "curves", "layers")
 
@@ -183,4 +184,4 @@ class Location:
         return str(Path(self.path) / "mlartifacts") if self.local else None
 
 
-__all__ = ["SAFE_NAME", "TABLES", "Location", "check_name"]
+__all__ = ["SAFE_NAME", "SAFE_PUNCTUATION", "TABLES", "Location", "check_name"]

@@ -182,13 +182,12 @@ def test_unknown_model_lists_the_choices() -> None:
 @pytest.mark.parametrize(
     "model, width, needle",
     [
-        ("resnet20", 0, "integer channel multiplier 1..16"),
-        ("resnet20", 2.5, "integer channel multiplier 1..16"),
-        ("resnet20", 17, "integer channel multiplier 1..16"),
-        ("mlp", 0, "positive integer"),
-        ("mlp", 12.5, "positive integer"),
-        ("vgg", 0, "multiplier > 0"),
-        ("resnet50", -0.5, "multiplier > 0"),
+        ("resnet20", 0, "int multiplier >= 1"),
+        ("resnet20", 2.5, "its width is an integer"),
+        ("mlp", 0, "width >= 1"),
+        ("mlp", 12.5, "its width is an integer"),
+        ("vgg", 0, "multiplier must be > 0"),
+        ("resnet50", -0.5, "multiplier must be > 0"),
         ("vgg", "wide", "not a number"),
     ],
 )
@@ -200,7 +199,7 @@ def test_width_not_allowed_for_the_model(model: str, width, needle: str) -> None
 @pytest.mark.parametrize(
     "model, depth, needle",
     [
-        ("vgg", 12, "choose one of 11, 13, 16, 19"),
+        ("vgg", 12, "one of 11, 13, 16, 19"),
         ("resnet20", 11, "6n+2"),
         ("resnet18", 18, "fixed by the name"),
         ("mlp", 0, ">= 1"),
@@ -210,6 +209,22 @@ def test_width_not_allowed_for_the_model(model: str, width, needle: str) -> None
 def test_depth_not_allowed_for_the_model(model: str, depth, needle: str) -> None:
     sweep = replace(GOOD, archs=(ArchGrid(model, (1,), (depth,), ("bn",)),))
     _one_problem(sweep, "archs[0].depths", needle)
+
+
+def test_the_model_constructor_decides_which_widths_it_accepts() -> None:
+    """ResNet20 takes any integer multiplier (the old sweep rule capped it at 16: a drift)."""
+    wide = replace(GOOD, archs=(ArchGrid("resnet20", (1, 17, 32), norms=("bn",)),))
+    validate_sweep(wide)
+    kwargs = wide.endpoints()[-1].model_kwargs()
+    assert kwargs["width"] == 32 and build_model("resnet20", **kwargs).config["width"] == 32
+
+
+def test_sweep_names_follow_the_results_tables_rule() -> None:
+    """One name rule for sweeps, Parquet partitions and MLflow filters (they once differed)."""
+    from repair_dist.location import check_name
+
+    validate_sweep(replace(GOOD, name="v1+bn"))
+    assert check_name("sweep", "v1+bn") == "v1+bn"
 
 
 def test_norm_not_supported_by_the_model() -> None:
@@ -313,10 +328,16 @@ def test_more_cpus_per_trial_than_the_cluster_has() -> None:
     validate_sweep(sweep, cluster_resources={"CPU": 4.0})
 
 
-@pytest.mark.parametrize("name, needle", [
-    ("", "non-empty"), ("my sweep", "' '"), ("a/b", "'/'"), (".hidden", "leading"),
-    ("sweep:1", "':'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("", "non-empty"),
+        ("my sweep", "' '"),
+        ("a/b", "'/'"),
+        (".hidden", "leading"),
+        ("s:1", "':'"),
+    ],
+)
 def test_empty_or_unsafe_names(name: str, needle: str) -> None:
     _one_problem(replace(GOOD, name=name), "name", needle)
 

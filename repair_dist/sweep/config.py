@@ -98,7 +98,7 @@ def _default_depth(model: str) -> int | None:
     return default if is_int(default) else None
 
 
-def _integer_width(model: str) -> bool:
+def integer_width(model: str) -> bool:
     """Whether the model's ``width`` is declared ``int`` (units or an integer multiplier)."""
     if model not in MODEL_NAMES:
         return False
@@ -111,7 +111,7 @@ def build_kwargs(
 ) -> dict[str, Any]:
     """``build_model`` kwargs: int widths where the model declares ``width: int``."""
     kwargs: dict[str, Any] = {
-        "width": int(width) if _integer_width(model) else float(width),
+        "width": int(width) if integer_width(model) else float(width),
         "norm": norm,
     }
     if depth is not None:

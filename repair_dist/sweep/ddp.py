@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import load_dataset
 from ..location import Location
 from .config import EndpointConfig
 
@@ -31,12 +32,11 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     from ..models import build_model
     from ..train import train_model
-    from .trainables import load_sweep_data
 
     ep = EndpointConfig(**config["endpoint"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    train, _ = load_sweep_data(ep.dataset, config["data_root"], ep.data_limit)
+    train, _ = load_dataset(ep.dataset, config["data_root"], limit=ep.data_limit)
     torch.manual_seed(ep.seed)
     net = prepare_model(build_model(ep.model, **ep.model_kwargs(config["data_root"])))
     usable = len(train) - len(train) % world  # equal shards: DDP needs equal step counts

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 from ray import tune
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..data import BatchPlan, load_dataset
 from ..location import Location
@@ -31,22 +31,10 @@ from ..store import CheckpointStore
 from ..train import train_model
 from . import results
 from .config import EndpointConfig, TrialSpec
+from .ddp import train_data_parallel
 
 #: Columns identifying a trial's net, copied into every table row of that trial.
 _ID_COLUMNS = ("model", "width", "depth", "norm", "dataset")
-
-
-def load_sweep_data(
-    dataset: str, data_root: str | None, limit: int | None
-) -> tuple[Dataset, Dataset]:
-    """The dataset of a sweep, the same in every process (deterministic splits)."""
-    opts: dict[str, Any] = {}
-    if limit is not None:
-        if dataset in ("fashion-mnist", "cifar10"):
-            opts = {"limit_train": limit, "limit_test": max(1, limit // 5)}
-        elif dataset == "synthetic":
-            opts = {"n_train": limit, "n_test": max(1, limit // 5)}
-    return load_dataset(dataset, root=data_root, **opts)
 
 
 def _threads(cpus: float) -> None:
@@ -80,11 +68,9 @@ def train_endpoint(
     """
     key = ep.key()
     if not store.has(key):
-        train, test = load_sweep_data(ep.dataset, data_root, ep.data_limit)
+        train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
         started = time.perf_counter()
         if ep.train_workers > 1:
-            from .ddp import train_data_parallel
-
             net = train_data_parallel(
                 ep,
                 data_root=data_root,
@@ -137,7 +123,7 @@ def register_endpoint(
     config = {"name": ep.model, **ep.model_kwargs(data_root)}
     written = store.register(ep.key(), source, config, ep.params())
     net, _ = store.load(ep.key())
-    _, test = load_sweep_data(ep.dataset, data_root, ep.data_limit)
+    _, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
     te = evaluate(net, test)
     metrics = {
         "test_loss": te["loss"],
@@ -233,7 +219,7 @@ def run_merge_trial(
     """
     net_a, _ = store.load(spec.a.key())
     net_b, _ = store.load(spec.b.key())
-    train, test = load_sweep_data(spec.a.dataset, data_root, spec.a.data_limit)
+    train, test = load_dataset(spec.a.dataset, data_root, limit=spec.a.data_limit)
     if not isinstance(train, TensorDataset):
         train = BatchPlan(train, spec.batch_size, loader_workers=loader_workers)
         test = BatchPlan(test, spec.batch_size, loader_workers=loader_workers)

@@ -10,13 +10,12 @@ architecture on PyTorch's ``meta`` device (shapes only, no memory, no data).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..data import DATASETS, check_dataset, dataset_info
-from ..models import MODEL_NAMES, NORMS, build_model
-from ..models.vgg import VGG_CONFIGS
+from ..location import SAFE_NAME, SAFE_PUNCTUATION
+from ..models import MODEL_NAMES, build_model
 from ..pipeline import METHODS
 from ..repair import VARIANTS
 from .config import (
@@ -26,36 +25,43 @@ from .config import (
     SweepConfigError,
     build_kwargs,
     fmt_value,
+    integer_width,
     is_int,
     is_number,
     takes_depth,
 )
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# --------------------------------------------------------------------------------------------
+# model arguments: asked of the model's own constructor, never re-implemented here
+# --------------------------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------------------------
-# per-model argument rules (what each constructor accepts, said before building anything)
-# --------------------------------------------------------------------------------------------
+def _constructor_problem(model: str, **kwargs: Any) -> str | None:
+    """The first line of what ``build_model(model, **kwargs)`` raises, or None.
+
+    Built on PyTorch's ``meta`` device: no weight is allocated, so a ResNet50 x4 costs the
+    same milliseconds as an MLP. The constructor is the one authority on its arguments, so
+    the sweep accepts exactly what the model accepts.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            build_model(model, **kwargs)
+    except Exception as e:  # any constructor error, reported as its first line
+        text = str(e).strip()
+        return text.splitlines()[0] if text else type(e).__name__
+    return None
 
 
 def _width_problem(model: str, width: object) -> str | None:
     if not is_number(width):
         return f"{width!r} is not a number"
-    w = float(width)  # type: ignore[arg-type]
-    if model == "mlp" and not (is_int(w) and w >= 1):
-        return (
-            f"{fmt_value(width)} is not allowed for mlp: width is the number of hidden units, "
-            "a positive integer"
-        )
-    if model == "resnet20" and not (is_int(w) and 1 <= w <= 16):
-        return (
-            f"{fmt_value(width)} is not allowed for resnet20: width is an integer channel "
-            "multiplier 1..16 (stage widths 16w, 32w, 64w)"
-        )
-    if not w > 0:
-        return f"{fmt_value(width)} is not allowed for {model}: width is a channel multiplier > 0"
-    return None
+    if integer_width(model) and not is_int(width):
+        return f"{fmt_value(width)} is not supported by {model}: its width is an integer"
+    w = int(width) if integer_width(model) else float(width)  # type: ignore[call-overload]
+    problem = _constructor_problem(model, width=w)
+    return None if problem is None else f"{fmt_value(width)} is not supported by {model}: {problem}"
 
 
 def _depth_problem(model: str, depth: object) -> str | None:
@@ -68,19 +74,15 @@ def _depth_problem(model: str, depth: object) -> str | None:
         )
     if not is_int(depth):
         return f"{depth!r} is not an integer"
-    d = int(depth)  # type: ignore[arg-type]
-    if model == "vgg" and d not in VGG_CONFIGS:
-        allowed = ", ".join(map(str, VGG_CONFIGS))
-        return f"{d} is not allowed for vgg: choose one of {allowed}"
-    if model == "resnet20" and (d < 8 or (d - 2) % 6):
-        return f"{d} is not allowed for resnet20: depth is 6n+2 with n >= 1 (8, 14, 20, 32, ...)"
-    if d < 1:
-        return f"{d} is not allowed for {model}: depth is the number of hidden layers, >= 1"
-    return None
+    problem = _constructor_problem(model, depth=int(depth))  # type: ignore[call-overload]
+    return None if problem is None else f"{fmt_value(depth)} is not supported by {model}: {problem}"
 
 
-#: Norms each model's constructor accepts (every model takes the whole factory today).
-MODEL_NORMS: dict[str, tuple[str, ...]] = {name: NORMS for name in MODEL_NAMES}
+def _norm_problem(model: str, norm: object) -> str | None:
+    if not isinstance(norm, str):
+        return f"{norm!r} is not a norm name"
+    problem = _constructor_problem(model, norm=norm)
+    return None if problem is None else f"{norm!r} is not supported by {model}: {problem}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,11 +124,12 @@ def _check_name(problems: list[str], name: object) -> None:
             "name: must be a non-empty string (it names the MLflow experiment and the "
             "results partition)"
         )
-    elif not _NAME.match(name):
-        bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))})
-        what = f"characters {''.join(bad)!r}" if bad else "a leading '.', '_' or '-'"
+    elif not SAFE_NAME.match(name):
+        ok = SAFE_PUNCTUATION
+        bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in ok))})
+        what = f"characters {''.join(bad)!r}" if bad else "a leading punctuation mark"
         problems.append(
-            f"name: {name!r} has {what}; use letters, digits and _ . - "
+            f"name: {name!r} has {what}; use letters, digits and {' '.join(ok)} "
             "(starting with a letter or digit): it becomes a directory name"
         )
 
@@ -164,6 +167,7 @@ def _check_arch(problems: list[str], i: int, arch: object, info: dict | None) ->
     for field, values, check in (
         ("widths", arch.widths, _width_problem),
         ("depths", arch.depths, _depth_problem),
+        ("norms", arch.norms, _norm_problem),
     ):
         if not isinstance(values, tuple) or not values:
             problems.append(f"{where}.{field}: must be a non-empty list (got {values!r})")
@@ -172,16 +176,6 @@ def _check_arch(problems: list[str], i: int, arch: object, info: dict | None) ->
             problem = check(arch.model, v)
             if problem:
                 problems.append(f"{where}.{field}: {problem}")
-    allowed = MODEL_NORMS[arch.model]
-    if not isinstance(arch.norms, tuple) or not arch.norms:
-        problems.append(f"{where}.norms: must be a non-empty list (got {arch.norms!r})")
-    else:
-        for n in arch.norms:
-            if n not in allowed:
-                problems.append(
-                    f"{where}.norms: {n!r} is not supported by {arch.model}; "
-                    f"choose from {', '.join(allowed)}"
-                )
     if len(problems) == before and info is not None:
         _check_builds(problems, where, arch, info)
 
