@@ -193,8 +193,15 @@ def test_saving_a_net_without_config_says_how_to_build_one(tmp_path: Path) -> No
 
 # ------------------------------------------------------------------------------ content keys
 
-ENDPOINT = {"model": "mlp", "width": 128.0, "depth": 6, "norm": "none", "dataset": "digits",
-            "seed": 0, "epochs": 30}  # fmt: skip
+ENDPOINT = {
+    "model": "mlp",
+    "width": 128.0,
+    "depth": 6,
+    "norm": "none",
+    "dataset": "digits",
+    "seed": 0,
+    "epochs": 30,
+}
 
 
 def test_endpoint_key_is_stable_across_key_order_and_processes() -> None:

@@ -61,7 +61,11 @@ def test_endpoints_are_deduplicated_in_grid_order() -> None:
     endpoints = sweep.endpoints()
     assert len(endpoints) == len(set(endpoints)) == 2 * 1 * 2 * 3  # widths x depth x norms x seeds
     assert [(e.width, e.norm, e.seed) for e in endpoints[:4]] == [
-        (64.0, "none", 0), (64.0, "none", 1), (64.0, "none", 2), (64.0, "bn", 0)]  # fmt: skip
+        (64.0, "none", 0),
+        (64.0, "none", 1),
+        (64.0, "none", 2),
+        (64.0, "bn", 0),
+    ]
     assert {e.depth for e in endpoints} == {6}  # None became the model's default depth
     trials = sweep.trials()
     assert len(trials) == 4 * 2 * 2  # arch combos x pairs x methods, the repeat dropped
@@ -134,8 +138,20 @@ def test_trial_key_is_stable_and_sensitive_to_every_field(monkeypatch) -> None:
 def test_trial_params_are_flat_and_name_the_endpoints() -> None:
     trial = GOOD.trials()[0]
     params = trial.params()
-    for col in ("model", "width", "depth", "norm", "dataset", "method", "seed_a", "seed_b",
-                "endpoint_a", "endpoint_b", "trial_key", "sweep"):  # fmt: skip
+    for col in (
+        "model",
+        "width",
+        "depth",
+        "norm",
+        "dataset",
+        "method",
+        "seed_a",
+        "seed_b",
+        "endpoint_a",
+        "endpoint_b",
+        "trial_key",
+        "sweep",
+    ):
         assert col in params, col
     assert params["endpoint_a"] == trial.a.key() and params["endpoint_b"] == trial.b.key()
     assert params["trial_key"] == trial.key()
@@ -149,8 +165,13 @@ def test_trial_params_are_flat_and_name_the_endpoints() -> None:
 def test_from_dict_roundtrips_through_json() -> None:
     text = json.dumps(GOOD.to_dict())
     assert Sweep.from_dict(json.loads(text)) == GOOD
-    yamlish = {"name": "s", "dataset": "digits", "archs": [{"model": "mlp", "widths": 32}],
-               "alphas": [0, 0.5, 1], "pairs": [[0, 1]]}  # fmt: skip
+    yamlish = {
+        "name": "s",
+        "dataset": "digits",
+        "archs": [{"model": "mlp", "widths": 32}],
+        "alphas": [0, 0.5, 1],
+        "pairs": [[0, 1]],
+    }
     sweep = Sweep.from_dict(yamlish)
     assert sweep.archs[0].widths == (32,) and sweep.pairs == ((0, 1),)
     assert sweep.alphas == (0, 0.5, 1)
@@ -159,8 +180,15 @@ def test_from_dict_roundtrips_through_json() -> None:
 
 def test_from_dict_names_unknown_and_missing_keys_together() -> None:
     with pytest.raises(SweepConfigError) as err:
-        Sweep.from_dict({"name": "x", "seed": 3, "archs": [{"model": "mlp", "width": 8}, 7],
-                         "seeds": [0, 1], "pairs": [[0, 1]]})  # fmt: skip
+        Sweep.from_dict(
+            {
+                "name": "x",
+                "seed": 3,
+                "archs": [{"model": "mlp", "width": 8}, 7],
+                "seeds": [0, 1],
+                "pairs": [[0, 1]],
+            }
+        )
     problems = err.value.problems
     assert "seed: unknown key (did you mean 'seeds'?)" in problems
     assert "dataset: missing (required)" in problems
@@ -250,8 +278,12 @@ def test_fashion_mnist_without_the_debian_package(tmp_path: Path) -> None:
     if not FASHION_MNIST_ROOT.is_dir():
         _one_problem(replace(sweep, data_root=None), "dataset", str(FASHION_MNIST_ROOT))
     validate_sweep(sweep, check_data=False)  # a driver without the data can opt out
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (tmp_path / f"{stem}.gz").touch()  # existence is all validation looks at
     validate_sweep(sweep)
 
@@ -264,8 +296,12 @@ def test_cifar10_and_imagenet_need_a_data_root(tmp_path: Path) -> None:
     for name in ("data_batch_1", "test_batch"):
         (folder / name).touch()
     validate_sweep(replace(cifar, data_root=str(tmp_path / "cifar")))
-    imagenet = replace(GOOD, dataset="imagenet", data_root=str(tmp_path / "nowhere"),
-                       archs=(ArchGrid("resnet18", (0.25,), norms=("bn",)),))  # fmt: skip
+    imagenet = replace(
+        GOOD,
+        dataset="imagenet",
+        data_root=str(tmp_path / "nowhere"),
+        archs=(ArchGrid("resnet18", (0.25,), norms=("bn",)),),
+    )
     _one_problem(imagenet, "dataset", "ImageFolder")
 
 
@@ -357,9 +393,21 @@ def test_all_problems_come_in_one_error_one_line_each() -> None:
     )
     problems = _problems(bad, cluster_resources={"CPU": 2.0})
     fields = [p.split(":", 1)[0] for p in problems]
-    assert fields == ["name", "dataset", "archs[0].widths", "archs[0].depths", "archs[0].norms",
-                      "archs[1].model", "seeds", "epochs", "methods", "variants", "alphas",
-                      "gpus_per_worker", "workers_per_trial"]  # fmt: skip
+    assert fields == [
+        "name",
+        "dataset",
+        "archs[0].widths",
+        "archs[0].depths",
+        "archs[0].norms",
+        "archs[1].model",
+        "seeds",
+        "epochs",
+        "methods",
+        "variants",
+        "alphas",
+        "gpus_per_worker",
+        "workers_per_trial",
+    ]
 
 
 def test_validation_needs_no_weights(monkeypatch) -> None:

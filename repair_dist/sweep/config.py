@@ -29,6 +29,7 @@ from ..models import MODEL_NAMES
 from ..pipeline import METHODS
 from ..repair import VARIANTS
 from ..store import CheckpointStore, canonical_json
+from .results import TRIAL_ID_COLUMNS
 
 #: Reported for every trial without being asked for (DESIGN.md §5).
 ALWAYS_REPORTED: tuple[str, ...] = ("naive", "aligned")
@@ -201,11 +202,7 @@ class TrialSpec:
         return {
             "sweep": self.sweep,
             "trial_key": self.key(),
-            "model": a.model,
-            "dataset": a.dataset,
-            "width": a.width,
-            "depth": a.depth,
-            "norm": a.norm,
+            **{c: getattr(a, c) for c in TRIAL_ID_COLUMNS},
             "method": self.method,
             "seed_a": a.seed,
             "seed_b": b.seed,

@@ -39,18 +39,23 @@ SCHEMA_VERSION = "1"
 
 _S, _F, _I = pa.string(), pa.float64(), pa.int64()
 
-# (name, type, required). Width is float64: VGG/torchvision widths are multipliers (0.5, 2);
-# depth is nullable (torchvision ResNets have none).
-_TRIAL_ID = [("model", _S, False), ("width", _F, False), ("depth", _I, False),
-             ("norm", _S, False), ("dataset", _S, False)]  # fmt: skip
+#: The columns identifying a trial's net, in table order: copied into every row of a trial
+#: (and of an endpoint), so each table filters by architecture without a join.
+TRIAL_ID_COLUMNS: tuple[str, ...] = ("model", "width", "depth", "norm", "dataset")
+# Width is float64: VGG/torchvision widths are multipliers (0.5, 2); depth is nullable
+# (torchvision ResNets have none).
+_ID_TYPES = {"model": _S, "width": _F, "depth": _I, "norm": _S, "dataset": _S}
+
+
+def _id_columns(required: bool) -> list[tuple[str, pa.DataType, bool]]:
+    return [(c, _ID_TYPES[c], required) for c in TRIAL_ID_COLUMNS]
+
+
+# (name, type, required)
 _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
     "endpoints": [
         ("endpoint_key", _S, True),
-        ("model", _S, True),
-        ("width", _F, True),
-        ("depth", _I, True),
-        ("norm", _S, True),
-        ("dataset", _S, True),
+        *_id_columns(required=True),
         ("seed", _I, True),
         ("epochs", _I, True),
         ("train_loss", _F, True),
@@ -65,11 +70,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("trial_key", _S, True),
         ("endpoint_a", _S, True),
         ("endpoint_b", _S, True),
-        ("model", _S, True),
-        ("width", _F, True),
-        ("depth", _I, True),
-        ("norm", _S, True),
-        ("dataset", _S, True),
+        *_id_columns(required=True),
         ("method", _S, True),
         ("variant", _S, True),
         ("acc_a", _F, True),
@@ -96,7 +97,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("split", _S, True),
         ("loss", _F, True),
         ("acc", _F, True),
-        *_TRIAL_ID,
+        *_id_columns(required=False),
     ],
     "layers": [
         ("trial_key", _S, True),
@@ -106,7 +107,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("layer", _S, True),
         ("std_ratio", _F, True),
         ("mean_shift", _F, True),
-        *_TRIAL_ID,
+        *_id_columns(required=False),
     ],
 }
 
@@ -128,7 +129,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 
 #: Metrics that :func:`summarize` averages over seed pairs by default.
 SUMMARY_METRICS = ("barrier_acc_mid", "barrier_loss_mid", "reduction_vs_aligned")
-#: Default grouping of :func:`summarize` (columns absent from the frame are skipped).
+#: Default grouping of :func:`summarize` (columns absent from the frame are skipped): the
+#: sweep and the :data:`TRIAL_ID_COLUMNS`, in the order a reader scans a summary.
 DEFAULT_GROUP_BY = ("sweep", "model", "dataset", "width", "depth", "norm")
 
 DUCKDB_EXAMPLE = """\
@@ -368,6 +370,7 @@ __all__ = [
     "SCHEMAS",
     "SUMMARY_METRICS",
     "TABLES",
+    "TRIAL_ID_COLUMNS",
     "format_table",
     "read_table",
     "summarize",

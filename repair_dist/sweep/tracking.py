@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..location import SAFE_NAME, TABLES, Location
-from .results import read_table
+from .results import TRIAL_ID_COLUMNS, read_table
 
 if TYPE_CHECKING:  # mlflow is imported lazily: it costs seconds and only trackers need it
     from mlflow.tracking import MlflowClient
@@ -56,11 +56,7 @@ VARIANT_METRICS = (
 _PARAM_COLUMNS = (
     "sweep",
     "trial_key",
-    "model",
-    "dataset",
-    "width",
-    "depth",
-    "norm",
+    *TRIAL_ID_COLUMNS,
     "method",
     "seed_a",
     "seed_b",

@@ -33,9 +33,6 @@ from . import results
 from .config import EndpointConfig, TrialSpec
 from .ddp import train_data_parallel
 
-#: Columns identifying a trial's net, copied into every table row of that trial.
-_ID_COLUMNS = ("model", "width", "depth", "norm", "dataset")
-
 
 def _threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
@@ -167,7 +164,7 @@ def endpoint_trainable(
 def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
     """The Parquet rows of one finished merge trial (DESIGN.md §5)."""
     params = spec.params()
-    ids = {c: params[c] for c in _ID_COLUMNS}
+    ids = {c: params[c] for c in results.TRIAL_ID_COLUMNS}
     key = spec.key()
     trials = outcome.barriers.assign(
         trial_key=key,
