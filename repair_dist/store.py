@@ -32,7 +32,7 @@ from .checkpoint import (
     register_checkpoint,
     save_checkpoint,
 )
-from .location import Location
+from .location import SAFE_NAME, SAFE_PUNCTUATION, Location
 
 #: Bump whenever training changes what an endpoint config produces: it is part of every
 #: endpoint key, so old checkpoints are then simply not found (and retrained) instead of reused.
@@ -62,9 +62,6 @@ class CheckpointStore:
     def __repr__(self) -> str:
         return f"CheckpointStore({self.uri!r})"
 
-    def __reduce__(self) -> tuple[Any, ...]:  # Tune ships stores to trials
-        return (CheckpointStore, (self.location,))
-
     @property
     def local(self) -> bool:
         """True on the machine's own filesystem (directories are published by rename)."""
@@ -77,8 +74,11 @@ class CheckpointStore:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def _dir(self, key: str) -> Location:
-        if not key or not all(c.isalnum() or c in "-_" for c in key):
-            raise ValueError(f"checkpoint key {key!r} must be letters, digits, '-' or '_'")
+        if not isinstance(key, str) or not SAFE_NAME.match(key):
+            raise ValueError(
+                f"checkpoint key {key!r} must start with a letter or digit and contain only "
+                f"letters, digits and {' '.join(SAFE_PUNCTUATION)}"
+            )
         return self.location.child(key)
 
     def path(self, key: str) -> str:

@@ -155,16 +155,21 @@ class TrialPublisher(tune.Callback):
         self._thread = self._queue = None
 
 
-def _trial_frame(root: Location, table: str, spec: TrialSpec) -> pd.DataFrame:
+RootLike = str | os.PathLike | Location
+
+
+def _trial_frame(root: RootLike, table: str, spec: TrialSpec) -> pd.DataFrame:
     """One trial's rows of a table: reads its own file only (not the whole sweep's table)."""
     import pyarrow.parquet as pq
 
+    root = Location.of(root)
     path = root.table_file(table, spec.sweep, spec.key())
     return pq.read_table(path, filesystem=root.fs).to_pandas()
 
 
-def plot_trial(root: Location, spec: TrialSpec) -> str | None:
+def plot_trial(root: RootLike, spec: TrialSpec) -> str | None:
     """The trial's loss/acc-vs-alpha PNG beside the tables (local roots; else no file)."""
+    root = Location.of(root)
     if not root.local:
         return None
     from .plots import plot_trial_curves
@@ -176,7 +181,8 @@ def plot_trial(root: Location, spec: TrialSpec) -> str | None:
     return path
 
 
-def log_trial_to_mlflow(tracker: Tracker, root: Location, spec: TrialSpec) -> str:
+def log_trial_to_mlflow(tracker: Tracker, root: RootLike, spec: TrialSpec) -> str:
+    root = Location.of(root)
     rows = _trial_frame(root, "trials", spec)
     curves = _trial_frame(root, "curves", spec)
     artifacts = trial_artifacts(root, spec.sweep, spec.key())
@@ -184,7 +190,7 @@ def log_trial_to_mlflow(tracker: Tracker, root: Location, spec: TrialSpec) -> st
     return tracker.log_trial(key, spec.params(), rows, curves, artifacts, run_name=spec.run_name())
 
 
-def finished_trials(root: Location, sweep: str) -> set[str]:
+def finished_trials(root: RootLike, sweep: str) -> set[str]:
     """Trial keys with a ``trials`` file (written last by a trial, so it marks completion)."""
     done = results.read_table(root, "trials", sweep, columns=["trial_key"])
     return set(done["trial_key"].astype(str))
