@@ -54,35 +54,42 @@ def _constructor_problem(model: str, **kwargs: Any) -> str | None:
     return None
 
 
-def _width_problem(model: str, width: object) -> str | None:
+def _width_arg(model: str, width: object) -> tuple[str | None, Any]:
+    """(problem, constructor argument) of one width: type checks only, no build."""
     if not is_number(width):
-        return f"{width!r} is not a number"
-    if integer_width(model) and not is_int(width):
-        return f"{fmt_value(width)} is not supported by {model}: its width is an integer"
-    w = int(width) if integer_width(model) else float(width)  # type: ignore[call-overload]
-    problem = _constructor_problem(model, width=w)
-    return None if problem is None else f"{fmt_value(width)} is not supported by {model}: {problem}"
+        return f"{width!r} is not a number", None
+    if integer_width(model):  # the constructor declares ``width: int``
+        if not is_int(width):
+            return f"{fmt_value(width)} is not supported by {model}: its width is an integer", None
+        return None, int(width)  # type: ignore[call-overload]
+    return None, float(width)  # type: ignore[arg-type]
 
 
-def _depth_problem(model: str, depth: object) -> str | None:
-    if depth is None:
-        return None
+def _depth_arg(model: str, depth: object) -> tuple[str | None, Any]:
+    if depth is None:  # the model's default depth
+        return None, None
     if not takes_depth(model):
         return (
             f"{fmt_value(depth)} is not allowed for {model}: its depth is fixed by the name; "
             "leave depths at [null]"
-        )
+        ), None
     if not is_int(depth):
-        return f"{depth!r} is not an integer"
-    problem = _constructor_problem(model, depth=int(depth))  # type: ignore[call-overload]
-    return None if problem is None else f"{fmt_value(depth)} is not supported by {model}: {problem}"
+        return f"{depth!r} is not an integer", None
+    return None, int(depth)  # type: ignore[call-overload]
 
 
-def _norm_problem(model: str, norm: object) -> str | None:
+def _norm_arg(model: str, norm: object) -> tuple[str | None, Any]:
     if not isinstance(norm, str):
-        return f"{norm!r} is not a norm name"
-    problem = _constructor_problem(model, norm=norm)
-    return None if problem is None else f"{norm!r} is not supported by {model}: {problem}"
+        return f"{norm!r} is not a norm name", None
+    return None, norm
+
+
+#: (ArchGrid field, constructor argument, type check) of each swept model argument.
+_ARGS = (
+    ("widths", "width", _width_arg),
+    ("depths", "depth", _depth_arg),
+    ("norms", "norm", _norm_arg),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,23 +171,36 @@ def _check_arch(problems: list[str], i: int, arch: object, info: dict | None) ->
         )
         return
     before = len(problems)
-    for field, values, check in (
-        ("widths", arch.widths, _width_problem),
-        ("depths", arch.depths, _depth_problem),
-        ("norms", arch.norms, _norm_problem),
-    ):
+    asks: list[tuple[str, str, object, Any]] = []
+    for field, kwarg, parse in _ARGS:
+        values = getattr(arch, field)
         if not isinstance(values, tuple) or not values:
             problems.append(f"{where}.{field}: must be a non-empty list (got {values!r})")
             continue
         for v in values:
-            problem = check(arch.model, v)
+            problem, arg = parse(arch.model, v)
             if problem:
                 problems.append(f"{where}.{field}: {problem}")
-    if len(problems) == before and info is not None:
-        _check_builds(problems, where, arch, info)
+            elif arg is not None:
+                asks.append((field, kwarg, v, arg))
+    if len(problems) > before:
+        return
+    failures = None if info is None else _build_failures(where, arch, info)
+    if failures == []:  # every combination builds and runs: nothing to attribute
+        return
+    # Something fails (or the dataset is unknown): ask the constructor about each value alone,
+    # the others at their defaults, so each bad value is one line on its own field.
+    for field, kwarg, shown, arg in asks:
+        problem = _constructor_problem(arch.model, **{kwarg: arg})
+        if problem:
+            problems.append(
+                f"{where}.{field}: {fmt_value(shown)} is not supported by {arch.model}: {problem}"
+            )
+    if len(problems) == before and failures:
+        problems.extend(failures)
 
 
-def _check_builds(problems: list[str], where: str, arch: ArchGrid, info: dict) -> None:
+def _build_failures(where: str, arch: ArchGrid, info: dict) -> list[str]:
     """Build each combination on the meta device and run a forward pass (shapes only).
 
     Catches what argument rules cannot see, such as an input too small for the net's
@@ -188,6 +208,7 @@ def _check_builds(problems: list[str], where: str, arch: ArchGrid, info: dict) -
     """
     import torch
 
+    problems: list[str] = []
     for width, depth, norm in arch.combos():
         kwargs = build_kwargs(arch.model, width, depth, norm, info)
         try:
@@ -200,6 +221,7 @@ def _check_builds(problems: list[str], where: str, arch: ArchGrid, info: dict) -
                 f"{where}: {arch.model}(width={fmt_value(width)}, depth={depth}, norm={norm}) does "
                 f"not run on inputs of shape {tuple(info['in_shape'])}: {first}"
             )
+    return problems
 
 
 def _check_seeds(problems: list[str], sweep: Sweep) -> None:
