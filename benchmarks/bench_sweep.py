@@ -209,16 +209,17 @@ def trainable_import_s() -> float:
 
 def in_trial_io(spec, outcome, root: str, scratch: str) -> dict[str, float]:
     """What a stage-2 trial does besides ``merge_trial``: load, write Parquet, plot."""
+    from repair_dist.data import load_dataset
     from repair_dist.store import CheckpointStore
     from repair_dist.sweep.plots import plot_trial_curves
-    from repair_dist.sweep.trainables import load_sweep_data, trial_tables
+    from repair_dist.sweep.trainables import trial_tables
 
     store = CheckpointStore(os.path.join(root, "checkpoints"))
     out = {}
     out["load_checkpoints_s"], _ = timed(
         lambda: (store.load(spec.a.key()), store.load(spec.b.key()))
     )
-    out["load_data_s"], _ = timed(lambda: load_sweep_data(spec.a.dataset, None, None))
+    out["load_data_s"], _ = timed(lambda: load_dataset(spec.a.dataset))
 
     def write():
         tables = trial_tables(spec, outcome)

@@ -102,10 +102,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from .checkpoint import save_checkpoint
     from .data import dataset_info, load_dataset
     from .metrics import evaluate
     from .models import build_model
-    from .store import save_checkpoint
     from .train import train_model
 
     info = dataset_info(args.dataset, args.data_root)
@@ -127,6 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from .location import Location
     from .store import CheckpointStore
     from .sweep.trainables import register_endpoint
 
@@ -150,19 +151,17 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{len(matches)} endpoints of sweep {sweep.name!r} match {wanted}; its endpoints: {listed}"
         )
-    store_uri = args.store or os.path.join(args.root, "checkpoints")
-    metrics = register_endpoint(
-        matches[0], args.weights, CheckpointStore(store_uri), sweep.data_root
-    )
-    print(json.dumps({"endpoint_key": matches[0].key(), "store": store_uri, **metrics}))
+    store = CheckpointStore(args.store or Location.of(args.root).checkpoints)
+    metrics = register_endpoint(matches[0], args.weights, store, sweep.data_root)
+    print(json.dumps({"endpoint_key": matches[0].key(), "store": store.uri, **metrics}))
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
     from .data import load_dataset
     from .perm import check_same_architecture
     from .pipeline import merge_trial
-    from .store import load_checkpoint
 
     net_a, meta_a = load_checkpoint(args.dir_a)
     net_b, meta_b = load_checkpoint(args.dir_b)
@@ -175,9 +174,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.dir_a}/meta.json names no dataset: pass --dataset")
     train, test = load_dataset(dataset, root=args.data_root)
     outcome = merge_trial(
-        net_a, net_b, train, test, method=args.method, variants=args.variants,
-        alphas=args.alphas, workers=args.workers,
-    )  # fmt: skip
+        net_a,
+        net_b,
+        train,
+        test,
+        method=args.method,
+        variants=args.variants,
+        alphas=args.alphas,
+        workers=args.workers,
+    )
     table = outcome.barriers
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -219,14 +224,33 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    from .sweep.tracking import default_artifact_root, default_tracking_uri
+def _local_results(root: str, what: str) -> Any:
+    """The Location of a results root that ``what`` needs on this machine (UsageError else)."""
+    from .location import Location
 
-    uri = args.tracking_uri or default_tracking_uri(args.root)
+    loc = Location.of(root)
+    if not loc.local:
+        raise UsageError(
+            f"{what} needs a local results root for its default MLflow store; {loc.uri} is "
+            "not local: pass --tracking-uri"
+        )
+    return loc
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .sweep.tracking import default_tracking_uri
+
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.expose:
         raise UsageError(f"refusing to serve MLflow on {args.host}: add --expose if you mean it")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--default-artifact-root", default_artifact_root(args.root)]  # fmt: skip
+    uri, artifacts = args.tracking_uri, []
+    if uri is None:  # the default sqlite store under a local root, and its artifacts
+        loc = _local_results(args.root, "ui")
+        uri = default_tracking_uri(loc)
+        artifacts = ["--default-artifact-root", str(loc.mlflow_artifacts)]
+    cmd = [
+        *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
+        *("--host", args.host, "--port", str(args.port), *artifacts),
+    ]
     print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", file=sys.stderr)
     return subprocess.call(cmd)
 
@@ -234,14 +258,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     from .sweep.tracking import default_tracking_uri, sync_from_parquet
 
-    uri = args.tracking_uri or default_tracking_uri(args.root)
+    uri = args.tracking_uri or default_tracking_uri(_local_results(args.root, "sync-mlflow"))
     created = sync_from_parquet(args.root, uri, args.sweep)
     print(f"created {created} MLflow runs in {uri}")
     return 0
 
 
 def cmd_check_cluster(args: argparse.Namespace) -> int:
-    from .cluster_check import check_cluster, format_report, has_errors
+    from .distributed.cluster_check import check_cluster, format_report, has_errors
 
     problems = check_cluster(args.file, requires_gpu=args.requires_gpu)
     print(format_report(args.file, problems))
@@ -354,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .store import CheckpointError
+    from .checkpoint import CheckpointError
     from .sweep.config import SweepConfigError
     from .sweep.runner import SweepIncomplete
 

@@ -10,9 +10,16 @@ from repair_dist.sweep.presets import fashion_or_digits
 
 def build_sweep(smoke: bool = False) -> Sweep:
     if smoke:
-        return Sweep(name="mlp-depth-smoke", dataset="digits",
-                     archs=(ArchGrid("mlp", widths=(16,), depths=(2, 4)),),
-                     seeds=(0, 1), epochs=2, methods=("activation",), variants=("full",), alphas=3)  # fmt: skip
+        return Sweep(
+            name="mlp-depth-smoke",
+            dataset="digits",
+            archs=(ArchGrid("mlp", widths=(16,), depths=(2, 4)),),
+            seeds=(0, 1),
+            epochs=2,
+            methods=("activation",),
+            variants=("full",),
+            alphas=3,
+        )
     return Sweep(
         name="mlp-depth",
         dataset=fashion_or_digits(),

@@ -7,9 +7,16 @@ from repair_dist.sweep.presets import fashion_or_digits
 
 def build_sweep(smoke: bool = False) -> Sweep:
     if smoke:
-        return Sweep(name="mlp-width-smoke", dataset="digits",
-                     archs=(ArchGrid("mlp", widths=(8, 16), depths=(3,)),),
-                     seeds=(0, 1), epochs=2, methods=("weight",), variants=("full",), alphas=3)  # fmt: skip
+        return Sweep(
+            name="mlp-width-smoke",
+            dataset="digits",
+            archs=(ArchGrid("mlp", widths=(8, 16), depths=(3,)),),
+            seeds=(0, 1),
+            epochs=2,
+            methods=("weight",),
+            variants=("full",),
+            alphas=3,
+        )
     return Sweep(
         name="mlp-width",
         dataset=fashion_or_digits(),

@@ -6,10 +6,16 @@ from repair_dist.sweep.config import ArchGrid, Sweep
 
 def build_sweep(smoke: bool = False) -> Sweep:
     if smoke:
-        return Sweep(name="norm-ablation-smoke", dataset="digits",
-                     archs=(ArchGrid("vgg", widths=(0.125,), depths=(11,), norms=("bn", "ln")),),
-                     seeds=(0, 1), epochs=1, methods=("activation",), variants=("reset", "full"),
-                     alphas=3)  # fmt: skip
+        return Sweep(
+            name="norm-ablation-smoke",
+            dataset="digits",
+            archs=(ArchGrid("vgg", widths=(0.125,), depths=(11,), norms=("bn", "ln")),),
+            seeds=(0, 1),
+            epochs=1,
+            methods=("activation",),
+            variants=("reset", "full"),
+            alphas=3,
+        )
     return Sweep(
         name="norm-ablation",
         dataset="digits",

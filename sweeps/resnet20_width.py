@@ -10,10 +10,18 @@ from repair_dist.sweep.config import ArchGrid, Sweep
 
 def build_sweep(smoke: bool = False) -> Sweep:
     if smoke:
-        return Sweep(name="resnet20-width-smoke", dataset="synthetic",
-                     archs=(ArchGrid("resnet20", widths=(1,), norms=("bn", "none")),),
-                     seeds=(0, 1), epochs=1, methods=("activation",), variants=("reset", "full"),
-                     alphas=3, data_limit=256, lr=0.01)  # fmt: skip
+        return Sweep(
+            name="resnet20-width-smoke",
+            dataset="synthetic",
+            archs=(ArchGrid("resnet20", widths=(1,), norms=("bn", "none")),),
+            seeds=(0, 1),
+            epochs=1,
+            methods=("activation",),
+            variants=("reset", "full"),
+            alphas=3,
+            data_limit=256,
+            lr=0.01,
+        )
     return Sweep(
         name="resnet20-width",
         dataset="cifar10",

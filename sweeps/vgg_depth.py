@@ -6,10 +6,17 @@ from repair_dist.sweep.config import ArchGrid, Sweep
 
 def build_sweep(smoke: bool = False) -> Sweep:
     if smoke:
-        return Sweep(name="vgg-depth-smoke", dataset="synthetic",
-                     archs=(ArchGrid("vgg", widths=(0.125,), depths=(11,), norms=("bn",)),),
-                     seeds=(0, 1), epochs=1, methods=("activation",), variants=("reset",),
-                     alphas=3, data_limit=256)  # fmt: skip
+        return Sweep(
+            name="vgg-depth-smoke",
+            dataset="synthetic",
+            archs=(ArchGrid("vgg", widths=(0.125,), depths=(11,), norms=("bn",)),),
+            seeds=(0, 1),
+            epochs=1,
+            methods=("activation",),
+            variants=("reset",),
+            alphas=3,
+            data_limit=256,
+        )
     return Sweep(
         name="vgg-depth",
         dataset="cifar10",

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from repair_dist.cluster_check import check_cluster, format_report, has_errors, is_warning
+from repair_dist.distributed.cluster_check import (
+    check_cluster,
+    format_report,
+    has_errors,
+    is_warning,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"

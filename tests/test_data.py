@@ -279,3 +279,58 @@ def test_unknown_dataset_lists_valid_names():
         assert name in str(err.value)
     with pytest.raises(ValueError, match="digits"):
         dataset_info("svhn")
+
+
+# ------------------------------------------------------------------------------- data_limit
+
+
+def _dataset_root(name: str, tmp_path: Path) -> Path | None:
+    """A tiny on-disk copy of ``name`` (None for data that needs no files)."""
+    if name == "fashion-mnist":
+        _write_fashion(tmp_path, n_train=12, n_test=5, gz=True)
+    elif name == "cifar10":
+        _write_cifar(tmp_path)
+    elif name == "imagenet":
+        _write_image_folder(tmp_path)
+    else:
+        return None
+    return tmp_path
+
+
+def _examples(dataset) -> list[tuple[torch.Tensor, int]]:
+    return [(x, int(y)) for x, y in (dataset[i] for i in range(len(dataset)))]
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_data_limit_is_honoured_for_every_dataset(name, tmp_path):
+    """A sweep's data_limit caps train at n and test at n // 5 (>= 1) whatever the dataset,
+    deterministically, with examples taken from the full splits."""
+    root = _dataset_root(name, tmp_path)
+    opts = {"image_size": 8} if name == "imagenet" else {}
+    full_train, full_test = load_dataset(name, root, **opts)
+    limit = 5
+    train, test = load_dataset(name, root, limit=limit, **opts)
+    assert len(train) == limit < len(full_train)
+    assert len(test) == max(1, limit // 5) < len(full_test)
+    again, _ = load_dataset(name, root, limit=limit, **opts)
+    assert all(
+        torch.equal(a, b) and la == lb
+        for (a, la), (b, lb) in zip(_examples(train), _examples(again), strict=True)
+    )
+    if name != "synthetic":  # synthetic draws a smaller set instead of taking a subset
+        for part, whole in ((train, full_train), (test, full_test)):
+            pool = _examples(whole)
+            for x, y in _examples(part):
+                assert any(torch.equal(x, fx) and y == fy for fx, fy in pool)
+    if name == "imagenet":  # class-sorted folders: the limit must not keep one class only
+        assert len({y for _, y in _examples(train)}) == 2
+    with pytest.raises(ValueError, match="data limit must be an integer >= 1"):
+        load_dataset(name, root, limit=0, **opts)
+
+
+def test_every_dataset_has_one_registry_entry_with_its_aliases():
+    from repair_dist.data.datasets import REGISTRY, dataset_entry
+
+    assert tuple(REGISTRY) == DATASETS
+    assert dataset_entry("FMNIST") is dataset_entry("fashion_mnist") is REGISTRY["fashion-mnist"]
+    assert dataset_entry("CIFAR-10") is REGISTRY["cifar10"]

@@ -32,9 +32,17 @@ def _curves(key: str = "t0") -> pd.DataFrame:
         for a in np.linspace(0, 1, 5):
             for split, shift in (("train", 0.0), ("test", 0.1)):
                 bump = (4 - i) * a * (1 - a)
-                rows.append({"trial_key": key, "method": "weight", "variant": v, "alpha": a,
-                             "split": split, "loss": 0.2 + shift + bump,
-                             "acc": 0.95 - shift - bump / 4})  # fmt: skip
+                rows.append(
+                    {
+                        "trial_key": key,
+                        "method": "weight",
+                        "variant": v,
+                        "alpha": a,
+                        "split": split,
+                        "loss": 0.2 + shift + bump,
+                        "acc": 0.95 - shift - bump / 4,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -47,17 +55,35 @@ def _trials(widths=(1.0, 2.0, 4.0), norms=("none", "bn"), pairs=((0, 1), (2, 3))
                 for method in ("activation", "weight"):
                     for i, v in enumerate(VARIANTS):
                         b = (4 - i) / (w * 10) + rng.normal(0, 0.01)
-                        rows.append({
-                            "trial_key": f"w{w:g}{n}s{sa}{method}", "endpoint_a": "a",
-                            "endpoint_b": "b", "model": "resnet20", "width": w, "depth": 20,
-                            "norm": n, "dataset": "digits", "method": method, "variant": v,
-                            "acc_a": 0.9, "acc_b": 0.9, "loss_a": 0.3, "loss_b": 0.3,
-                            "acc_mid": 0.9 - b, "loss_mid": 0.3 + 2 * b, "barrier_acc_mid": b,
-                            "barrier_loss_mid": 2 * b, "barrier_loss_max": 2 * b,
-                            "barrier_acc_max": b, "reduction_vs_aligned": 0.5,
-                            "reduction_loss_vs_aligned": 0.5, "seconds": 1.0, "seed_a": sa,
-                            "seed_b": sb,
-                        })  # fmt: skip
+                        rows.append(
+                            {
+                                "trial_key": f"w{w:g}{n}s{sa}{method}",
+                                "endpoint_a": "a",
+                                "endpoint_b": "b",
+                                "model": "resnet20",
+                                "width": w,
+                                "depth": 20,
+                                "norm": n,
+                                "dataset": "digits",
+                                "method": method,
+                                "variant": v,
+                                "acc_a": 0.9,
+                                "acc_b": 0.9,
+                                "loss_a": 0.3,
+                                "loss_b": 0.3,
+                                "acc_mid": 0.9 - b,
+                                "loss_mid": 0.3 + 2 * b,
+                                "barrier_acc_mid": b,
+                                "barrier_loss_mid": 2 * b,
+                                "barrier_loss_max": 2 * b,
+                                "barrier_acc_max": b,
+                                "reduction_vs_aligned": 0.5,
+                                "reduction_loss_vs_aligned": 0.5,
+                                "seconds": 1.0,
+                                "seed_a": sa,
+                                "seed_b": sb,
+                            }
+                        )
     return pd.DataFrame(rows)
 
 
@@ -80,8 +106,12 @@ def test_trial_curves_refuse_several_trials_or_nothing(tmp_path: Path) -> None:
 def test_sweep_plots_one_figure_per_varying_dimension_and_method(tmp_path: Path) -> None:
     paths = plot_sweep(_trials(), tmp_path / "out")
     names = sorted(Path(p).name for p in paths)
-    assert names == ["barrier_vs_norm_activation.png", "barrier_vs_norm_weight.png",
-                     "barrier_vs_width_activation.png", "barrier_vs_width_weight.png"]  # fmt: skip
+    assert names == [
+        "barrier_vs_norm_activation.png",
+        "barrier_vs_norm_weight.png",
+        "barrier_vs_width_activation.png",
+        "barrier_vs_width_weight.png",
+    ]
     for p in paths:
         _assert_png(p)
 
@@ -94,7 +124,9 @@ def test_sweep_plots_read_back_from_parquet(tmp_path: Path) -> None:
     table = read_table(tmp_path / "results", "trials", "w")
     paths = plot_sweep(table, tmp_path / "plots")
     assert sorted(Path(p).name for p in paths) == [
-        "barrier_vs_width_activation.png", "barrier_vs_width_weight.png"]  # fmt: skip
+        "barrier_vs_width_activation.png",
+        "barrier_vs_width_weight.png",
+    ]
     for p in paths:
         _assert_png(p)
 
@@ -110,10 +142,12 @@ def test_several_models_get_their_own_figures(tmp_path: Path) -> None:
     a = _trials(widths=(1.0, 2.0), norms=("bn",))
     b = _trials(widths=(0.5, 1.0), norms=("bn",)).assign(model="vgg", depth=11)
     names = sorted(Path(p).name for p in plot_sweep(pd.concat([a, b]), tmp_path))
-    assert names == ["barrier_vs_width_resnet20_activation.png",
-                     "barrier_vs_width_resnet20_weight.png",
-                     "barrier_vs_width_vgg_activation.png",
-                     "barrier_vs_width_vgg_weight.png"]  # fmt: skip
+    assert names == [
+        "barrier_vs_width_resnet20_activation.png",
+        "barrier_vs_width_resnet20_weight.png",
+        "barrier_vs_width_vgg_activation.png",
+        "barrier_vs_width_vgg_weight.png",
+    ]
 
 
 def test_nothing_to_plot(tmp_path: Path) -> None:

@@ -15,11 +15,8 @@ import torchvision
 from pyarrow import fs as pafs
 
 from repair_dist import store as store_mod
-from repair_dist.models import build_model
-from repair_dist.store import (
+from repair_dist.checkpoint import (
     CheckpointError,
-    CheckpointStore,
-    canonical_json,
     is_intact,
     load_checkpoint,
     read_meta,
@@ -27,6 +24,8 @@ from repair_dist.store import (
     save_checkpoint,
     verify_checkpoint,
 )
+from repair_dist.models import build_model
+from repair_dist.store import CheckpointStore, canonical_json
 
 MLP_CFG = {"name": "mlp", "depth": 2, "width": 8, "norm": "bn", "in_shape": (1, 8, 8)}
 
@@ -194,8 +193,15 @@ def test_saving_a_net_without_config_says_how_to_build_one(tmp_path: Path) -> No
 
 # ------------------------------------------------------------------------------ content keys
 
-ENDPOINT = {"model": "mlp", "width": 128.0, "depth": 6, "norm": "none", "dataset": "digits",
-            "seed": 0, "epochs": 30}  # fmt: skip
+ENDPOINT = {
+    "model": "mlp",
+    "width": 128.0,
+    "depth": 6,
+    "norm": "none",
+    "dataset": "digits",
+    "seed": 0,
+    "epochs": 30,
+}
 
 
 def test_endpoint_key_is_stable_across_key_order_and_processes() -> None:

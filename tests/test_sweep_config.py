@@ -15,15 +15,9 @@ from repair_dist import store as store_mod
 from repair_dist.data.datasets import FASHION_MNIST_ROOT
 from repair_dist.models import build_model
 from repair_dist.store import CheckpointStore
-from repair_dist.sweep import config as config_mod
-from repair_dist.sweep.config import (
-    ArchGrid,
-    EndpointConfig,
-    Sweep,
-    SweepConfigError,
-    TrialSpec,
-    validate_sweep,
-)
+from repair_dist.sweep import validation as validation_mod
+from repair_dist.sweep.config import ArchGrid, EndpointConfig, Sweep, SweepConfigError, TrialSpec
+from repair_dist.sweep.validation import validate_sweep
 
 MLP = ArchGrid("mlp", widths=(64, 128), depths=(6,), norms=("none", "bn"))
 GOOD = Sweep(name="quick.v1", dataset="digits", archs=(MLP,), seeds=(0, 1, 2, 3), epochs=3)
@@ -67,7 +61,11 @@ def test_endpoints_are_deduplicated_in_grid_order() -> None:
     endpoints = sweep.endpoints()
     assert len(endpoints) == len(set(endpoints)) == 2 * 1 * 2 * 3  # widths x depth x norms x seeds
     assert [(e.width, e.norm, e.seed) for e in endpoints[:4]] == [
-        (64.0, "none", 0), (64.0, "none", 1), (64.0, "none", 2), (64.0, "bn", 0)]  # fmt: skip
+        (64.0, "none", 0),
+        (64.0, "none", 1),
+        (64.0, "none", 2),
+        (64.0, "bn", 0),
+    ]
     assert {e.depth for e in endpoints} == {6}  # None became the model's default depth
     trials = sweep.trials()
     assert len(trials) == 4 * 2 * 2  # arch combos x pairs x methods, the repeat dropped
@@ -140,8 +138,20 @@ def test_trial_key_is_stable_and_sensitive_to_every_field(monkeypatch) -> None:
 def test_trial_params_are_flat_and_name_the_endpoints() -> None:
     trial = GOOD.trials()[0]
     params = trial.params()
-    for col in ("model", "width", "depth", "norm", "dataset", "method", "seed_a", "seed_b",
-                "endpoint_a", "endpoint_b", "trial_key", "sweep"):  # fmt: skip
+    for col in (
+        "model",
+        "width",
+        "depth",
+        "norm",
+        "dataset",
+        "method",
+        "seed_a",
+        "seed_b",
+        "endpoint_a",
+        "endpoint_b",
+        "trial_key",
+        "sweep",
+    ):
         assert col in params, col
     assert params["endpoint_a"] == trial.a.key() and params["endpoint_b"] == trial.b.key()
     assert params["trial_key"] == trial.key()
@@ -155,8 +165,13 @@ def test_trial_params_are_flat_and_name_the_endpoints() -> None:
 def test_from_dict_roundtrips_through_json() -> None:
     text = json.dumps(GOOD.to_dict())
     assert Sweep.from_dict(json.loads(text)) == GOOD
-    yamlish = {"name": "s", "dataset": "digits", "archs": [{"model": "mlp", "widths": 32}],
-               "alphas": [0, 0.5, 1], "pairs": [[0, 1]]}  # fmt: skip
+    yamlish = {
+        "name": "s",
+        "dataset": "digits",
+        "archs": [{"model": "mlp", "widths": 32}],
+        "alphas": [0, 0.5, 1],
+        "pairs": [[0, 1]],
+    }
     sweep = Sweep.from_dict(yamlish)
     assert sweep.archs[0].widths == (32,) and sweep.pairs == ((0, 1),)
     assert sweep.alphas == (0, 0.5, 1)
@@ -165,8 +180,15 @@ def test_from_dict_roundtrips_through_json() -> None:
 
 def test_from_dict_names_unknown_and_missing_keys_together() -> None:
     with pytest.raises(SweepConfigError) as err:
-        Sweep.from_dict({"name": "x", "seed": 3, "archs": [{"model": "mlp", "width": 8}, 7],
-                         "seeds": [0, 1], "pairs": [[0, 1]]})  # fmt: skip
+        Sweep.from_dict(
+            {
+                "name": "x",
+                "seed": 3,
+                "archs": [{"model": "mlp", "width": 8}, 7],
+                "seeds": [0, 1],
+                "pairs": [[0, 1]],
+            }
+        )
     problems = err.value.problems
     assert "seed: unknown key (did you mean 'seeds'?)" in problems
     assert "dataset: missing (required)" in problems
@@ -188,13 +210,12 @@ def test_unknown_model_lists_the_choices() -> None:
 @pytest.mark.parametrize(
     "model, width, needle",
     [
-        ("resnet20", 0, "integer channel multiplier 1..16"),
-        ("resnet20", 2.5, "integer channel multiplier 1..16"),
-        ("resnet20", 17, "integer channel multiplier 1..16"),
-        ("mlp", 0, "positive integer"),
-        ("mlp", 12.5, "positive integer"),
-        ("vgg", 0, "multiplier > 0"),
-        ("resnet50", -0.5, "multiplier > 0"),
+        ("resnet20", 0, "int multiplier >= 1"),
+        ("resnet20", 2.5, "its width is an integer"),
+        ("mlp", 0, "width >= 1"),
+        ("mlp", 12.5, "its width is an integer"),
+        ("vgg", 0, "multiplier must be > 0"),
+        ("resnet50", -0.5, "multiplier must be > 0"),
         ("vgg", "wide", "not a number"),
     ],
 )
@@ -206,7 +227,7 @@ def test_width_not_allowed_for_the_model(model: str, width, needle: str) -> None
 @pytest.mark.parametrize(
     "model, depth, needle",
     [
-        ("vgg", 12, "choose one of 11, 13, 16, 19"),
+        ("vgg", 12, "one of 11, 13, 16, 19"),
         ("resnet20", 11, "6n+2"),
         ("resnet18", 18, "fixed by the name"),
         ("mlp", 0, ">= 1"),
@@ -218,6 +239,22 @@ def test_depth_not_allowed_for_the_model(model: str, depth, needle: str) -> None
     _one_problem(sweep, "archs[0].depths", needle)
 
 
+def test_the_model_constructor_decides_which_widths_it_accepts() -> None:
+    """ResNet20 takes any integer multiplier (the old sweep rule capped it at 16: a drift)."""
+    wide = replace(GOOD, archs=(ArchGrid("resnet20", (1, 17, 32), norms=("bn",)),))
+    validate_sweep(wide)
+    kwargs = wide.endpoints()[-1].model_kwargs()
+    assert kwargs["width"] == 32 and build_model("resnet20", **kwargs).config["width"] == 32
+
+
+def test_sweep_names_follow_the_results_tables_rule() -> None:
+    """One name rule for sweeps, Parquet partitions and MLflow filters (they once differed)."""
+    from repair_dist.location import check_name
+
+    validate_sweep(replace(GOOD, name="v1+bn"))
+    assert check_name("sweep", "v1+bn") == "v1+bn"
+
+
 def test_norm_not_supported_by_the_model() -> None:
     sweep = replace(GOOD, archs=(ArchGrid("vgg", (0.25,), norms=("bn", "gn")),))
     _one_problem(sweep, "archs[0].norms", "'gn' is not supported by vgg", "bn, ln, none, psbn")
@@ -226,7 +263,7 @@ def test_norm_not_supported_by_the_model() -> None:
 def test_a_net_that_cannot_run_on_the_dataset_inputs_is_reported(monkeypatch) -> None:
     # A conv net on flat (tabular) inputs fails in forward only: the meta-device pass sees it.
     flat = {"in_shape": (64,), "num_classes": 10}
-    monkeypatch.setattr(config_mod, "dataset_info", lambda name, root=None: flat)
+    monkeypatch.setattr(validation_mod, "dataset_info", lambda name, root=None: flat)
     sweep = replace(GOOD, archs=(ArchGrid("vgg", (0.25,), norms=("bn",)), MLP))
     _one_problem(sweep, "archs[0]", "vgg(width=0.25, depth=11, norm=bn)", "(64,)")
 
@@ -241,8 +278,12 @@ def test_fashion_mnist_without_the_debian_package(tmp_path: Path) -> None:
     if not FASHION_MNIST_ROOT.is_dir():
         _one_problem(replace(sweep, data_root=None), "dataset", str(FASHION_MNIST_ROOT))
     validate_sweep(sweep, check_data=False)  # a driver without the data can opt out
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (tmp_path / f"{stem}.gz").touch()  # existence is all validation looks at
     validate_sweep(sweep)
 
@@ -255,8 +296,12 @@ def test_cifar10_and_imagenet_need_a_data_root(tmp_path: Path) -> None:
     for name in ("data_batch_1", "test_batch"):
         (folder / name).touch()
     validate_sweep(replace(cifar, data_root=str(tmp_path / "cifar")))
-    imagenet = replace(GOOD, dataset="imagenet", data_root=str(tmp_path / "nowhere"),
-                       archs=(ArchGrid("resnet18", (0.25,), norms=("bn",)),))  # fmt: skip
+    imagenet = replace(
+        GOOD,
+        dataset="imagenet",
+        data_root=str(tmp_path / "nowhere"),
+        archs=(ArchGrid("resnet18", (0.25,), norms=("bn",)),),
+    )
     _one_problem(imagenet, "dataset", "ImageFolder")
 
 
@@ -319,10 +364,16 @@ def test_more_cpus_per_trial_than_the_cluster_has() -> None:
     validate_sweep(sweep, cluster_resources={"CPU": 4.0})
 
 
-@pytest.mark.parametrize("name, needle", [
-    ("", "non-empty"), ("my sweep", "' '"), ("a/b", "'/'"), (".hidden", "leading"),
-    ("sweep:1", "':'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("", "non-empty"),
+        ("my sweep", "' '"),
+        ("a/b", "'/'"),
+        (".hidden", "leading"),
+        ("s:1", "':'"),
+    ],
+)
 def test_empty_or_unsafe_names(name: str, needle: str) -> None:
     _one_problem(replace(GOOD, name=name), "name", needle)
 
@@ -342,9 +393,21 @@ def test_all_problems_come_in_one_error_one_line_each() -> None:
     )
     problems = _problems(bad, cluster_resources={"CPU": 2.0})
     fields = [p.split(":", 1)[0] for p in problems]
-    assert fields == ["name", "dataset", "archs[0].widths", "archs[0].depths", "archs[0].norms",
-                      "archs[1].model", "seeds", "epochs", "methods", "variants", "alphas",
-                      "gpus_per_worker", "workers_per_trial"]  # fmt: skip
+    assert fields == [
+        "name",
+        "dataset",
+        "archs[0].widths",
+        "archs[0].depths",
+        "archs[0].norms",
+        "archs[1].model",
+        "seeds",
+        "epochs",
+        "methods",
+        "variants",
+        "alphas",
+        "gpus_per_worker",
+        "workers_per_trial",
+    ]
 
 
 def test_validation_needs_no_weights(monkeypatch) -> None:
@@ -372,7 +435,6 @@ def test_trial_spec_normalises_sequences() -> None:
 
 
 def test_amp_must_be_a_boolean_and_is_part_of_the_trial_key():
-    from repair_dist.sweep.config import ArchGrid, Sweep, SweepConfigError, validate_sweep
 
     base = dict(name="amp", dataset="digits", archs=(ArchGrid("mlp", widths=(8,), depths=(2,)),))
     with pytest.raises(SweepConfigError, match="amp: must be true or false"):

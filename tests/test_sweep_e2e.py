@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from repair_dist.cli import main as cli_main
+from repair_dist.location import Location
 from repair_dist.sweep import results
 from repair_dist.sweep.config import ArchGrid, Sweep
 from repair_dist.sweep.runner import run_sweep
@@ -119,8 +120,13 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating_work(ray_ready, 
     trials_dir = tmp_path / "trials" / "sweep=resume"
     code = DRIVER.format(tests=str(Path(__file__).parent), root=root)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and proc.poll() is None:
         if trials_dir.exists() and any(trials_dir.glob("*.parquet")):
@@ -185,11 +191,35 @@ def test_registered_weights_become_an_endpoint_that_is_not_retrained(ray_ready, 
     rd.train_model(net, rd.load_dataset("digits")[0], epochs=2, seed=0)
     torch.save(net.state_dict(), tmp_path / "mine.pt")  # e.g. a torchvision-format checkpoint
 
-    bad = cli_main(["register", str(tmp_path / "mine.pt"), "--sweep-script", str(script),
-                    "--model", "mlp", "--seed", "7", "--root", str(root)])  # fmt: skip
+    bad = cli_main(
+        [
+            "register",
+            str(tmp_path / "mine.pt"),
+            "--sweep-script",
+            str(script),
+            "--model",
+            "mlp",
+            "--seed",
+            "7",
+            "--root",
+            str(root),
+        ]
+    )
     assert bad == 2 and "0 endpoints" in capsys.readouterr().err
-    code = cli_main(["register", str(tmp_path / "mine.pt"), "--sweep-script", str(script),
-                     "--model", "mlp", "--seed", "0", "--root", str(root)])  # fmt: skip
+    code = cli_main(
+        [
+            "register",
+            str(tmp_path / "mine.pt"),
+            "--sweep-script",
+            str(script),
+            "--model",
+            "mlp",
+            "--seed",
+            "0",
+            "--root",
+            str(root),
+        ]
+    )
     assert code == 0
     meta = CheckpointStore(root / "checkpoints").meta(ep.key())
     assert meta["registered_from"] == str(tmp_path / "mine.pt")
@@ -241,7 +271,7 @@ def test_a_data_parallel_endpoint_trains_on_ray_train_workers(ray_ready, tmp_pat
     ep = sweep.endpoints()[0]
     assert ep.train_workers == 2
     store = CheckpointStore(tmp_path / "checkpoints")
-    row = train_endpoint(ep, store, cpus_per_worker=0.5, storage_path=str(tmp_path / "tune"))
+    row = train_endpoint(ep, store, cpus_per_worker=0.5, storage=Location.of(tmp_path / "tune"))
     assert row["test_acc"] > 0.3  # the DDP-trained net really learned
     assert store.meta(ep.key())["train_workers"] == 2
     assert len(list((tmp_path / "tune").glob("train-*"))) == 1  # one Ray Train run
@@ -255,8 +285,19 @@ def test_cli_train_and_merge_two_checkpoints_and_refuse_bad_ones(tmp_path, capsy
         assert cli_main(["train", *common, "--seed", seed, "--out", str(tmp_path / seed)]) == 0
     capsys.readouterr()
     out = tmp_path / "merged"
-    code = cli_main(["merge", str(tmp_path / "0"), str(tmp_path / "1"), "--variants", "full",
-                     "--alphas", "3", "--out", str(out)])  # fmt: skip
+    code = cli_main(
+        [
+            "merge",
+            str(tmp_path / "0"),
+            str(tmp_path / "1"),
+            "--variants",
+            "full",
+            "--alphas",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     import pandas as pd
 
@@ -265,8 +306,26 @@ def test_cli_train_and_merge_two_checkpoints_and_refuse_bad_ones(tmp_path, capsy
     assert "barrier_loss_mid" in capsys.readouterr().out
 
     wider = tmp_path / "wide"
-    assert cli_main(["train", "--model", "mlp", "--depth", "3", "--width", "8", "--epochs", "1",
-                     "--seed", "2", "--out", str(wider)]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "train",
+                "--model",
+                "mlp",
+                "--depth",
+                "3",
+                "--width",
+                "8",
+                "--epochs",
+                "1",
+                "--seed",
+                "2",
+                "--out",
+                str(wider),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli_main(["merge", str(tmp_path / "0"), str(wider)]) == 2
     err = capsys.readouterr().err

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from repair_dist.sweep import results
-from repair_dist.sweep.config import Sweep, validate_sweep
+from repair_dist.sweep.config import Sweep
 from repair_dist.sweep.runner import run_sweep
+from repair_dist.sweep.validation import validate_sweep
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SCRIPTS = sorted(p.stem for p in SWEEPS.glob("*.py"))
@@ -25,8 +26,15 @@ def load(name: str):
 
 
 def test_every_script_is_covered():
-    assert {"quickstart", "mlp_depth", "mlp_width", "resnet20_width", "vgg_depth",
-            "norm_ablation", "imagenet_resnet50"} <= set(SCRIPTS)  # fmt: skip
+    assert {
+        "quickstart",
+        "mlp_depth",
+        "mlp_width",
+        "resnet20_width",
+        "vgg_depth",
+        "norm_ablation",
+        "imagenet_resnet50",
+    } <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -56,8 +64,15 @@ def test_the_quickstart_command_prints_its_barrier_table_and_where_to_look(
 
     assert main(["quickstart", "--smoke", "--root", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    for expected in ("Endpoints (test accuracy)", "Barriers at the midpoint", "full", "naive",
-                     "Parquet tables", "repair-dist ui", "repair-dist plot"):  # fmt: skip
+    for expected in (
+        "Endpoints (test accuracy)",
+        "Barriers at the midpoint",
+        "full",
+        "naive",
+        "Parquet tables",
+        "repair-dist ui",
+        "repair-dist plot",
+    ):
         assert expected in printed, expected
     sweep = load("quickstart").build_sweep(smoke=True)
     trials = results.read_table(tmp_path, "trials", sweep.name)

@@ -27,28 +27,55 @@ from repair_dist.sweep.tracking import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 VARIANTS = ("naive", "aligned", "full")
-PARAMS = {"model": "mlp", "width": 64.0, "depth": 6, "norm": "none", "dataset": "digits",
-          "method": "weight", "seed_a": 0, "seed_b": 1, "endpoint_a": "ea", "endpoint_b": "eb",
-          "lr": None}  # fmt: skip
+PARAMS = {
+    "model": "mlp",
+    "width": 64.0,
+    "depth": 6,
+    "norm": "none",
+    "dataset": "digits",
+    "method": "weight",
+    "seed_a": 0,
+    "seed_b": 1,
+    "endpoint_a": "ea",
+    "endpoint_b": "eb",
+    "lr": None,
+}
 
 
 def _barriers(scale: float = 1.0) -> pd.DataFrame:
     rows = []
     for i, v in enumerate(VARIANTS):
         b = scale * 0.3 / (i + 1)
-        rows.append({"variant": v, "acc_a": 0.95, "acc_b": 0.94, "loss_a": 0.2, "loss_b": 0.21,
-                     "acc_mid": 0.9 - b, "loss_mid": 0.3 + b, "barrier_acc_mid": b,
-                     "barrier_loss_mid": 2 * b, "barrier_acc_max": b, "barrier_loss_max": 2 * b,
-                     "reduction_vs_aligned": float("nan") if v == "naive" else 0.5,
-                     "reduction_loss_vs_aligned": 0.5, "seconds": 1.0})  # fmt: skip
+        rows.append(
+            {
+                "variant": v,
+                "acc_a": 0.95,
+                "acc_b": 0.94,
+                "loss_a": 0.2,
+                "loss_b": 0.21,
+                "acc_mid": 0.9 - b,
+                "loss_mid": 0.3 + b,
+                "barrier_acc_mid": b,
+                "barrier_loss_mid": 2 * b,
+                "barrier_acc_max": b,
+                "barrier_loss_max": 2 * b,
+                "reduction_vs_aligned": float("nan") if v == "naive" else 0.5,
+                "reduction_loss_vs_aligned": 0.5,
+                "seconds": 1.0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _curves() -> pd.DataFrame:
     return pd.DataFrame(
-        [{"variant": v, "alpha": a, "split": s, "loss": 1 + a + i, "acc": 0.9 - a / 10}
-         for i, v in enumerate(VARIANTS) for a in (0.0, 0.5, 1.0) for s in ("train", "test")]
-    )  # fmt: skip
+        [
+            {"variant": v, "alpha": a, "split": s, "loss": 1 + a + i, "acc": 0.9 - a / 10}
+            for i, v in enumerate(VARIANTS)
+            for a in (0.0, 0.5, 1.0)
+            for s in ("train", "test")
+        ]
+    )
 
 
 @pytest.fixture
@@ -71,8 +98,17 @@ def test_metric_names_per_variant_and_curves_as_steps() -> None:
     m = trial_metrics(_barriers())
     assert m["barrier_acc_mid.full"] == pytest.approx(0.1)
     assert m["barrier_loss_mid.aligned"] == pytest.approx(0.3)
-    assert {"acc_mid.naive", "loss_mid.full", "barrier_acc_max.full", "reduction_vs_aligned.full",
-            "acc_a", "acc_b", "loss_a", "loss_b", "seconds"} <= set(m)  # fmt: skip
+    assert {
+        "acc_mid.naive",
+        "loss_mid.full",
+        "barrier_acc_max.full",
+        "reduction_vs_aligned.full",
+        "acc_a",
+        "acc_b",
+        "loss_a",
+        "loss_b",
+        "seconds",
+    } <= set(m)
     assert "reduction_vs_aligned.naive" not in m  # NaN: left out, not logged as NaN
     assert "acc_a.full" not in m  # endpoint values once, without a variant
     steps = curve_metrics(_curves())
@@ -83,8 +119,9 @@ def test_metric_names_per_variant_and_curves_as_steps() -> None:
         trial_metrics(_barriers().drop(columns="variant"))
 
 
-def test_log_trial_makes_a_child_run_of_the_sweep_parent(uri: str, mlflow_root: Path,
-                                                         tmp_path: Path) -> None:  # fmt: skip
+def test_log_trial_makes_a_child_run_of_the_sweep_parent(
+    uri: str, mlflow_root: Path, tmp_path: Path
+) -> None:
     artifact = tmp_path / "curve.png"
     artifact.write_bytes(b"\x89PNG fake")
     tracker = Tracker(uri, "quick")
@@ -99,7 +136,10 @@ def test_log_trial_makes_a_child_run_of_the_sweep_parent(uri: str, mlflow_root: 
     assert run.data.metrics["barrier_acc_mid.full"] == pytest.approx(0.1)
     history = client.get_metric_history(run_id, "curve.test.aligned.acc")
     assert [(h.step, h.value) for h in sorted(history, key=lambda h: h.step)] == [
-        (0, pytest.approx(0.9)), (1, pytest.approx(0.85)), (2, pytest.approx(0.8))]  # fmt: skip
+        (0, pytest.approx(0.9)),
+        (1, pytest.approx(0.85)),
+        (2, pytest.approx(0.8)),
+    ]
     assert [a.path for a in client.list_artifacts(run_id)] == ["curve.png"]
     assert (mlflow_root / "mlartifacts" / "quick" / run_id / "artifacts" / "curve.png").is_file()
     parent = client.get_run(tracker.parent_run_id())
@@ -148,16 +188,6 @@ def test_the_parent_run_closes_and_takes_children_after_a_resume(uri: str) -> No
     assert client.get_run(child).data.tags["mlflow.parentRunId"] == tracker.parent_run_id()
 
 
-def test_log_endpoint_reuses_its_run(uri: str) -> None:
-    tracker = Tracker(uri, "quick")
-    params = {"model": "mlp", "seed": 0, "epochs": 3}
-    run_id = tracker.log_endpoint("e0", params, {"test_acc": 0.9, "train_loss": float("nan")})
-    assert tracker.log_endpoint("e0", params, {"test_acc": 0.9}) == run_id
-    run = MlflowClient(tracking_uri=uri).get_run(run_id)
-    assert run.data.tags["endpoint_key"] == "e0" and run.data.tags["kind"] == "endpoint"
-    assert run.data.metrics == {"test_acc": 0.9}
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,15 +223,34 @@ def test_bad_inputs_are_errors_of_the_caller_not_of_mlflow(uri: str, tmp_path: P
 
 def _write_trial(root: Path, sweep: str, key: str, pair: tuple[int, int]) -> None:
     ids = {k: PARAMS[k] for k in ("model", "width", "depth", "norm", "dataset")}
-    trials = _barriers().assign(trial_key=key, endpoint_a=f"e{pair[0]}", endpoint_b=f"e{pair[1]}",
-                                method="weight", seed_a=pair[0], seed_b=pair[1], **ids)  # fmt: skip
+    trials = _barriers().assign(
+        trial_key=key,
+        endpoint_a=f"e{pair[0]}",
+        endpoint_b=f"e{pair[1]}",
+        method="weight",
+        seed_a=pair[0],
+        seed_b=pair[1],
+        **ids,
+    )
     write_rows(root, "trials", sweep, key, trials)
     write_rows(root, "curves", sweep, key, _curves().assign(trial_key=key, method="weight"))
     endpoints = pd.DataFrame(
-        [{"endpoint_key": f"e{s}", **ids, "seed": s, "epochs": 3, "train_loss": 0.1,
-          "train_acc": 0.9, "test_loss": 0.2, "test_acc": 0.9, "collapsed_filters": 0,
-          "train_seconds": 1.0} for s in pair]
-    )  # fmt: skip
+        [
+            {
+                "endpoint_key": f"e{s}",
+                **ids,
+                "seed": s,
+                "epochs": 3,
+                "train_loss": 0.1,
+                "train_acc": 0.9,
+                "test_loss": 0.2,
+                "test_acc": 0.9,
+                "collapsed_filters": 0,
+                "train_seconds": 1.0,
+            }
+            for s in pair
+        ]
+    )
     write_rows(root, "endpoints", sweep, f"e{pair[0]}e{pair[1]}", endpoints)
 
 
@@ -235,6 +284,9 @@ def test_tracking_module_is_the_only_mlflow_user() -> None:
     """DESIGN.md §2: only repair_dist/sweep/ imports MLflow."""
     package = Path(tracking_mod.__file__).parents[1]
     imports = re.compile(r"^\s*(import|from)\s+mlflow\b", re.MULTILINE)
-    users = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
-             if imports.search(p.read_text()) and p.parent.name != "sweep"]  # fmt: skip
+    users = [
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if imports.search(p.read_text()) and p.parent.name != "sweep"
+    ]
     assert users == []

@@ -6,6 +6,10 @@ passes slice tensors directly (``BatchPlan``'s fast path) instead of going throu
 DataLoader; ImageNet is an ``ImageFolder`` because it does not fit in memory. Nothing here ever
 downloads: a missing dataset raises ``FileNotFoundError`` saying where it was looked for and
 how to get it.
+
+Each dataset is one :class:`DatasetEntry` in :data:`REGISTRY` (loader, info, availability
+check, and how a sweep's ``data_limit`` applies to it); adding a dataset means writing its
+loader here and adding its entry.
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ import importlib.util
 import os
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
-
-DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "imagenet", "synthetic")
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` installs the original (gzip'ed) idx files."""
@@ -33,17 +36,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}
-
 Split = tuple[Dataset, Dataset]
-
-
-def _canonical(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return key
 
 
 def _data_root(name: str, root: str | os.PathLike[str] | None) -> Path:
@@ -384,28 +377,164 @@ def load_synthetic(
 
 
 # --------------------------------------------------------------------------------------------
+# the registry: one entry per dataset
+
+
+def test_size_for(limit: int) -> int:
+    """Test examples kept under ``data_limit=limit``: a fifth (digits' own 80/20 ratio), >= 1."""
+    return max(1, limit // 5)
+
+
+def _head(split: Split, limit: int | None) -> Split:
+    """The first ``limit`` train and :func:`test_size_for` test examples of in-memory tensors
+    (for data whose order is already mixed: shuffled files, a stratified split)."""
+    if limit is None:
+        return split
+    train, test = split
+    return tuple(  # type: ignore[return-value]
+        TensorDataset(*(t[:n] for t in part.tensors))  # type: ignore[attr-defined]
+        for part, n in ((train, limit), (test, test_size_for(limit)))
+    )
+
+
+def _strided(split: Split, limit: int | None) -> Split:
+    """``limit`` train and :func:`test_size_for` test examples spread evenly over each split.
+
+    ImageFolder lists its images class by class, so the first ``n`` would be one class;
+    evenly spaced indices keep every class (up to ``n`` of them) and need no randomness.
+    """
+    if limit is None:
+        return split
+
+    def spread(part: Dataset, n: int) -> Dataset:
+        size = len(part)  # type: ignore[arg-type]
+        if n >= size:
+            return part
+        return Subset(part, np.linspace(0, size - 1, n).round().astype(int).tolist())
+
+    train, test = split
+    return spread(train, limit), spread(test, test_size_for(limit))
+
+
+def _limit_options(limit: int | None) -> dict[str, int]:
+    return {} if limit is None else {"limit_train": limit, "limit_test": test_size_for(limit)}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """Everything the package knows about one dataset, in one place.
+
+    ``load(root, limit, **opts)`` returns ``(train, test)`` honouring ``limit`` (a sweep's
+    ``data_limit``: at most ``limit`` train and :func:`test_size_for` test examples; ``None``
+    for all); ``info(root, **opts)`` gives ``{"in_shape", "num_classes"}`` without loading;
+    ``check(root)`` raises FileNotFoundError (where it looked, how to get the data) when the
+    files are not on this machine, and is ``None`` for data that is always there.
+    """
+
+    name: str
+    load: Callable[..., Split]
+    info: Callable[..., dict]
+    check: Callable[[Any], Any] | None = None
+    aliases: tuple[str, ...] = ()
+
+
+def _fixed_info(in_shape: tuple[int, ...], num_classes: int = 10) -> Callable[..., dict]:
+    def info(root: Any = None, **opts: Any) -> dict:
+        return {"in_shape": in_shape, "num_classes": num_classes}
+
+    return info
+
+
+def _synthetic_info(root: Any = None, **opts: Any) -> dict:
+    shape = tuple(int(s) for s in opts.get("shape", (3, 16, 16)))
+    return {"in_shape": shape, "num_classes": int(opts.get("num_classes", 10))}
+
+
+def _imagenet_info(root: Any = None, **opts: Any) -> dict:
+    size = int(opts.get("image_size", 224))
+    train_dir = _data_root("imagenet", root) / "train"
+    classes = (
+        sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 0
+    ) or 1000
+    return {"in_shape": (3, size, size), "num_classes": classes}
+
+
+def _load_synthetic(root: Any, limit: int | None, **opts: Any) -> Split:
+    sizes = {} if limit is None else {"n_train": limit, "n_test": test_size_for(limit)}
+    return load_synthetic(**{**opts, **sizes})
+
+
+REGISTRY: dict[str, DatasetEntry] = {
+    e.name: e
+    for e in (
+        DatasetEntry(
+            "digits",
+            load=lambda root, limit, **opts: _head(load_digits_data(**opts), limit),
+            info=_fixed_info((1, 8, 8)),
+        ),
+        DatasetEntry(
+            "fashion-mnist",
+            load=lambda root, limit, **opts: load_fashion_mnist(
+                root, **{**opts, **_limit_options(limit)}
+            ),
+            info=_fixed_info((1, 28, 28)),
+            check=_fashion_paths,
+            aliases=("fashionmnist", "fmnist"),
+        ),
+        DatasetEntry(
+            "cifar10",
+            load=lambda root, limit, **opts: load_cifar10(
+                root, **{**opts, **_limit_options(limit)}
+            ),
+            info=_fixed_info((3, 32, 32)),
+            check=_cifar_location,
+            aliases=("cifar-10",),
+        ),
+        DatasetEntry(
+            "imagenet",
+            load=lambda root, limit, **opts: _strided(load_imagenet(root, **opts), limit),
+            info=_imagenet_info,
+            check=_imagenet_splits,
+        ),
+        DatasetEntry("synthetic", load=_load_synthetic, info=_synthetic_info),
+    )
+}
+DATASETS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registry entry of ``name`` (case, ``_`` for ``-`` and aliases forgiven)."""
+    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
+    for entry in REGISTRY.values():
+        if key == entry.name or key in entry.aliases:
+            return entry
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------------------------
 # public entry points
 
 
-def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **opts: Any) -> Split:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    limit: int | None = None,
+    **opts: Any,
+) -> Split:
     """``(train, test)`` torch Datasets for ``name`` (one of :data:`DATASETS`), offline.
 
-    Options by dataset: digits ``split_seed``; fashion-mnist / cifar10 ``limit_train``,
-    ``limit_test``; imagenet ``image_size``, ``augment``; synthetic ``n_train``, ``n_test``,
-    ``shape``, ``num_classes``, ``seed``, ``separation``. ``root`` defaults to
+    ``limit`` (a sweep's ``data_limit``) keeps at most ``limit`` train and ``limit // 5``
+    (at least 1) test examples, for every dataset. Options by dataset: digits
+    ``split_seed``; fashion-mnist / cifar10 ``limit_train``, ``limit_test``; imagenet
+    ``image_size``, ``augment``; synthetic ``n_train``, ``n_test``, ``shape``,
+    ``num_classes``, ``seed``, ``separation``. ``root`` defaults to
     ``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST and ``$REPAIR_DIST_DATA/<name>``
     (``~/data/<name>``) for CIFAR-10 and ImageNet.
     """
-    key = _canonical(name)
-    if key == "digits":
-        return load_digits_data(**opts)
-    if key == "synthetic":
-        return load_synthetic(**opts)
-    if key == "fashion-mnist":
-        return load_fashion_mnist(root, **opts)
-    if key == "cifar10":
-        return load_cifar10(root, **opts)
-    return load_imagenet(root, **opts)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"data limit must be an integer >= 1 (got {limit!r})")
+    return dataset_entry(name).load(root, limit, **opts)
 
 
 def check_dataset(name: str, root: str | os.PathLike[str] | None = None) -> None:
@@ -415,14 +544,9 @@ def check_dataset(name: str, root: str | os.PathLike[str] | None = None) -> None
     looked and how to get the data) for missing files. Existence checks only, nothing is read,
     so sweep validation can call it before anything is scheduled.
     """
-    key = _canonical(name)
-    if key == "fashion-mnist":
-        _fashion_paths(root)
-    elif key == "cifar10":
-        _cifar_location(root)
-    elif key == "imagenet":
-        _imagenet_splits(root)
-    # digits ships inside scikit-learn's wheel; synthetic is generated.
+    entry = dataset_entry(name)
+    if entry.check is not None:
+        entry.check(root)
 
 
 def dataset_info(name: str, root: str | os.PathLike[str] | None = None, **opts: Any) -> dict:
@@ -431,19 +555,4 @@ def dataset_info(name: str, root: str | os.PathLike[str] | None = None, **opts: 
     Accepts (and ignores) the loader options that do not change the answer, so a sweep can
     pass the same options to both functions.
     """
-    key = _canonical(name)
-    if key == "digits":
-        return {"in_shape": (1, 8, 8), "num_classes": 10}
-    if key == "fashion-mnist":
-        return {"in_shape": (1, 28, 28), "num_classes": 10}
-    if key == "cifar10":
-        return {"in_shape": (3, 32, 32), "num_classes": 10}
-    if key == "synthetic":
-        shape = tuple(int(s) for s in opts.get("shape", (3, 16, 16)))
-        return {"in_shape": shape, "num_classes": int(opts.get("num_classes", 10))}
-    size = int(opts.get("image_size", 224))
-    train_dir = _data_root("imagenet", root) / "train"
-    classes = (
-        sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 0
-    ) or 1000
-    return {"in_shape": (3, size, size), "num_classes": classes}
+    return dataset_entry(name).info(root, **opts)

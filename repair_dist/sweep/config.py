@@ -5,12 +5,10 @@ it expands into deduplicated stage-1 :class:`EndpointConfig` (one per trained ne
 :class:`TrialSpec` (one per pair and method). Both carry content keys: equal configs give equal
 keys, so a rerun or a resumed sweep finds its checkpoints and results instead of redoing them.
 
-:func:`validate_sweep` collects *every* problem of a sweep into one :class:`SweepConfigError`,
-one line per problem naming the field, because a sweep that fails after an hour on its tenth
-trial (a width the model refuses, data missing on this machine, a GPU the cluster does not
-have: Ray would wait forever) costs far more than reading a list of mistakes up front.
-Validation is cheap: argument checks, file-existence checks and one forward pass per
-architecture on PyTorch's ``meta`` device (shapes only, no memory, no data).
+This module is the model only; :mod:`repair_dist.sweep.validation` checks a sweep's values
+(every problem at once, one line each) before anything is scheduled. Structural problems of a
+YAML/JSON mapping (unknown or missing keys) are raised here, by :meth:`Sweep.from_dict`, as the
+same :class:`SweepConfigError`.
 """
 
 from __future__ import annotations
@@ -21,22 +19,20 @@ import inspect
 import itertools
 import math
 import numbers
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .. import store as _store
-from ..data import DATASETS, check_dataset, dataset_info
-from ..models import MODEL_NAMES, NORMS, build_model
-from ..models.vgg import VGG_CONFIGS
+from ..data import dataset_info
+from ..models import MODEL_NAMES
 from ..pipeline import METHODS
 from ..repair import VARIANTS
 from ..store import CheckpointStore, canonical_json
+from .results import TRIAL_ID_COLUMNS
 
 #: Reported for every trial without being asked for (DESIGN.md §5).
 ALWAYS_REPORTED: tuple[str, ...] = ("naive", "aligned")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ALPHA_DECIMALS = 6
 
 
@@ -55,7 +51,7 @@ class SweepConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _is_int(x: object) -> bool:
+def is_int(x: object) -> bool:
     """An integer, or a float holding one (YAML and JSON readers give 128.0 for 128 at times)."""
     if isinstance(x, bool):
         return False
@@ -64,7 +60,7 @@ def _is_int(x: object) -> bool:
     return isinstance(x, float) and x.is_integer()
 
 
-def _is_number(x: object) -> bool:
+def is_number(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
@@ -77,7 +73,7 @@ def _tuple(x: Any) -> Any:
     return x
 
 
-def _fmt(x: object) -> str:
+def fmt_value(x: object) -> str:
     """A width like 2.0 reads as 2 in messages and run names."""
     if isinstance(x, float) and x.is_integer():
         return str(int(x))
@@ -91,19 +87,19 @@ def _model_parameters(model: str) -> Mapping[str, inspect.Parameter]:
     return _signature(model).parameters
 
 
-def _takes_depth(model: str) -> bool:
+def takes_depth(model: str) -> bool:
     return model in MODEL_NAMES and "depth" in _model_parameters(model)
 
 
 def _default_depth(model: str) -> int | None:
     """The depth a model gets when a sweep says ``None`` (MLP 6, VGG 11, ResNet20 20)."""
-    if not _takes_depth(model):
+    if not takes_depth(model):
         return None
     default = _model_parameters(model)["depth"].default
-    return default if _is_int(default) else None
+    return default if is_int(default) else None
 
 
-def _integer_width(model: str) -> bool:
+def integer_width(model: str) -> bool:
     """Whether the model's ``width`` is declared ``int`` (units or an integer multiplier)."""
     if model not in MODEL_NAMES:
         return False
@@ -111,61 +107,12 @@ def _integer_width(model: str) -> bool:
     return param is not None and param.annotation in ("int", int)
 
 
-# --------------------------------------------------------------------------------------------
-# per-model argument rules (what each constructor accepts, said before building anything)
-# --------------------------------------------------------------------------------------------
-
-
-def _width_problem(model: str, width: object) -> str | None:
-    if not _is_number(width):
-        return f"{width!r} is not a number"
-    w = float(width)  # type: ignore[arg-type]
-    if model == "mlp" and not (_is_int(w) and w >= 1):
-        return (
-            f"{_fmt(width)} is not allowed for mlp: width is the number of hidden units, "
-            "a positive integer"
-        )
-    if model == "resnet20" and not (_is_int(w) and 1 <= w <= 16):
-        return (
-            f"{_fmt(width)} is not allowed for resnet20: width is an integer channel "
-            "multiplier 1..16 (stage widths 16w, 32w, 64w)"
-        )
-    if not w > 0:
-        return f"{_fmt(width)} is not allowed for {model}: width is a channel multiplier > 0"
-    return None
-
-
-def _depth_problem(model: str, depth: object) -> str | None:
-    if depth is None:
-        return None
-    if not _takes_depth(model):
-        return (
-            f"{_fmt(depth)} is not allowed for {model}: its depth is fixed by the name; "
-            "leave depths at [null]"
-        )
-    if not _is_int(depth):
-        return f"{depth!r} is not an integer"
-    d = int(depth)  # type: ignore[arg-type]
-    if model == "vgg" and d not in VGG_CONFIGS:
-        allowed = ", ".join(map(str, VGG_CONFIGS))
-        return f"{d} is not allowed for vgg: choose one of {allowed}"
-    if model == "resnet20" and (d < 8 or (d - 2) % 6):
-        return f"{d} is not allowed for resnet20: depth is 6n+2 with n >= 1 (8, 14, 20, 32, ...)"
-    if d < 1:
-        return f"{d} is not allowed for {model}: depth is the number of hidden layers, >= 1"
-    return None
-
-
-#: Norms each model's constructor accepts (every model takes the whole factory today).
-MODEL_NORMS: dict[str, tuple[str, ...]] = {name: NORMS for name in MODEL_NAMES}
-
-
-def _build_kwargs(
+def build_kwargs(
     model: str, width: float, depth: int | None, norm: str, info: Mapping[str, Any]
 ) -> dict[str, Any]:
     """``build_model`` kwargs: int widths where the model declares ``width: int``."""
     kwargs: dict[str, Any] = {
-        "width": int(width) if _integer_width(model) else float(width),
+        "width": int(width) if integer_width(model) else float(width),
         "norm": norm,
     }
     if depth is not None:
@@ -203,9 +150,9 @@ class EndpointConfig:
     train_workers: int = 1
 
     def __post_init__(self) -> None:
-        if _is_number(self.width):
+        if is_number(self.width):
             object.__setattr__(self, "width", float(self.width))
-        if _is_int(self.depth):
+        if is_int(self.depth):
             object.__setattr__(self, "depth", int(self.depth))  # type: ignore[arg-type]
 
     def model_kwargs(self, data_root: str | None = None) -> dict[str, Any]:
@@ -215,7 +162,7 @@ class EndpointConfig:
         for ImageNet (its class count is read from the folder).
         """
         info = dataset_info(self.dataset, data_root)
-        return _build_kwargs(self.model, self.width, self.depth, self.norm, info)
+        return build_kwargs(self.model, self.width, self.depth, self.norm, info)
 
     def key(self) -> str:
         """Content key of the trained net (includes the store's CODE_VERSION)."""
@@ -255,11 +202,7 @@ class TrialSpec:
         return {
             "sweep": self.sweep,
             "trial_key": self.key(),
-            "model": a.model,
-            "dataset": a.dataset,
-            "width": a.width,
-            "depth": a.depth,
-            "norm": a.norm,
+            **{c: getattr(a, c) for c in TRIAL_ID_COLUMNS},
             "method": self.method,
             "seed_a": a.seed,
             "seed_b": b.seed,
@@ -270,7 +213,7 @@ class TrialSpec:
             "lr": a.lr,
             "data_limit": a.data_limit,
             "variants": ",".join(self.variants),
-            "alphas": ",".join(_fmt(x) for x in self.alphas),
+            "alphas": ",".join(fmt_value(x) for x in self.alphas),
             "n_alphas": len(self.alphas),
             "residual": self.residual,
             "batch_size": self.batch_size,
@@ -281,7 +224,7 @@ class TrialSpec:
         """Short readable name (for MLflow and logs), e.g. ``mlp-w128-d6-none-s0s1-weight``."""
         depth = f"-d{self.a.depth}" if self.a.depth is not None else ""
         return (
-            f"{self.a.model}-w{_fmt(self.a.width)}{depth}-{self.a.norm}"
+            f"{self.a.model}-w{fmt_value(self.a.width)}{depth}-{self.a.norm}"
             f"-s{self.a.seed}s{self.b.seed}-{self.method}"
         )
 
@@ -378,7 +321,7 @@ class Sweep:
         0 and 1 are the endpoints every barrier is measured against and 0.5 is the midpoint
         barrier, so they are added when a list (or an even count) leaves them out.
         """
-        if _is_int(self.alphas):
+        if is_int(self.alphas):
             n = int(self.alphas)  # type: ignore[arg-type]
             values: Iterable[float] = (i / (n - 1) for i in range(n)) if n > 1 else ()
         else:
@@ -495,289 +438,11 @@ def _unknown_key(key: str, known: Sequence[str], prefix: str = "") -> str:
     return f"{prefix}{key}: unknown key{hint}"
 
 
-# --------------------------------------------------------------------------------------------
-# validation
-# --------------------------------------------------------------------------------------------
-
-
-def _check_positive_int(
-    problems: list[str], field: str, value: object, *, optional: bool = False
-) -> None:
-    if optional and value is None:
-        return
-    if not (_is_int(value) and int(value) >= 1):  # type: ignore[call-overload]
-        problems.append(f"{field}: must be an integer >= 1 (got {value!r})")
-
-
-def _check_choices(
-    problems: list[str],
-    field: str,
-    values: object,
-    choices: Sequence[str],
-    *,
-    allow_empty: bool = False,
-) -> None:
-    if not isinstance(values, tuple) or (not values and not allow_empty):
-        problems.append(f"{field}: must be a non-empty list (got {values!r})")
-        return
-    for v in values:
-        if v not in choices:
-            problems.append(f"{field}: unknown {v!r}; choose from {', '.join(choices)}")
-    dupes = sorted({str(v) for v in values if values.count(v) > 1})
-    if dupes:
-        problems.append(f"{field}: listed twice: {', '.join(dupes)}")
-
-
-def _check_name(problems: list[str], name: object) -> None:
-    if not isinstance(name, str) or not name:
-        problems.append(
-            "name: must be a non-empty string (it names the MLflow experiment and the "
-            "results partition)"
-        )
-    elif not _NAME.match(name):
-        bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))})
-        what = f"characters {''.join(bad)!r}" if bad else "a leading '.', '_' or '-'"
-        problems.append(
-            f"name: {name!r} has {what}; use letters, digits and _ . - "
-            "(starting with a letter or digit): it becomes a directory name"
-        )
-
-
-def _check_dataset(problems: list[str], sweep: Sweep, check_data: bool) -> dict | None:
-    if not isinstance(sweep.dataset, str):
-        problems.append(f"dataset: must be a string (got {sweep.dataset!r})")
-        return None
-    try:
-        info = dataset_info(sweep.dataset, sweep.data_root)
-    except ValueError:
-        problems.append(
-            f"dataset: unknown dataset {sweep.dataset!r}; choose one of {', '.join(DATASETS)}"
-        )
-        return None
-    if check_data:
-        try:
-            check_dataset(sweep.dataset, sweep.data_root)
-        except FileNotFoundError as e:
-            problems.append(f"dataset: {sweep.dataset!r} is not on this machine: {e}")
-    return info
-
-
-def _check_arch(problems: list[str], i: int, arch: object, info: dict | None) -> None:
-    where = f"archs[{i}]"
-    if not isinstance(arch, ArchGrid):
-        problems.append(f"{where}: expected an ArchGrid, got {arch!r}")
-        return
-    if arch.model not in MODEL_NAMES:
-        problems.append(
-            f"{where}.model: unknown model {arch.model!r}; choose one of {', '.join(MODEL_NAMES)}"
-        )
-        return
-    before = len(problems)
-    for field, values, check in (
-        ("widths", arch.widths, _width_problem),
-        ("depths", arch.depths, _depth_problem),
-    ):
-        if not isinstance(values, tuple) or not values:
-            problems.append(f"{where}.{field}: must be a non-empty list (got {values!r})")
-            continue
-        for v in values:
-            problem = check(arch.model, v)
-            if problem:
-                problems.append(f"{where}.{field}: {problem}")
-    allowed = MODEL_NORMS[arch.model]
-    if not isinstance(arch.norms, tuple) or not arch.norms:
-        problems.append(f"{where}.norms: must be a non-empty list (got {arch.norms!r})")
-    else:
-        for n in arch.norms:
-            if n not in allowed:
-                problems.append(
-                    f"{where}.norms: {n!r} is not supported by {arch.model}; "
-                    f"choose from {', '.join(allowed)}"
-                )
-    if len(problems) == before and info is not None:
-        _check_builds(problems, where, arch, info)
-
-
-def _check_builds(problems: list[str], where: str, arch: ArchGrid, info: dict) -> None:
-    """Build each combination on the meta device and run a forward pass (shapes only).
-
-    Catches what argument rules cannot see, such as an input too small for the net's
-    down-sampling, in milliseconds and without allocating a single weight.
-    """
-    import torch
-
-    for width, depth, norm in arch.combos():
-        kwargs = _build_kwargs(arch.model, width, depth, norm, info)
-        try:
-            with torch.device("meta"):
-                net = build_model(arch.model, **kwargs)
-                net.eval()(torch.empty(2, *kwargs["in_shape"]))
-        except Exception as e:  # any constructor or shape error, reported per combination
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            problems.append(
-                f"{where}: {arch.model}(width={_fmt(width)}, depth={depth}, norm={norm}) does "
-                f"not run on inputs of shape {tuple(info['in_shape'])}: {first}"
-            )
-
-
-def _check_seeds(problems: list[str], sweep: Sweep) -> None:
-    if sweep.pairs is not None:
-        if not isinstance(sweep.pairs, tuple) or not sweep.pairs:
-            problems.append(
-                f"pairs: must be a non-empty list of [seed_a, seed_b] (got {sweep.pairs!r})"
-            )
-            return
-        for j, pair in enumerate(sweep.pairs):
-            if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_int(s) for s in pair)):
-                problems.append(f"pairs[{j}]: must be two integer seeds (got {pair!r})")
-            elif int(pair[0]) == int(pair[1]):
-                problems.append(
-                    f"pairs[{j}]: seeds are equal ({pair[0]}, {pair[1]}): a net merged with "
-                    "itself has no barrier to measure"
-                )
-            elif min(pair) < 0:
-                problems.append(f"pairs[{j}]: seeds must be >= 0 (got {pair!r})")
-        ok = [p for p in sweep.pairs if isinstance(p, tuple) and len(p) == 2]
-        dupes = sorted({p for p in ok if ok.count(p) > 1})
-        if dupes:
-            problems.append(f"pairs: listed twice: {', '.join(map(str, dupes))}")
-        return
-    seeds = sweep.seeds
-    if not isinstance(seeds, tuple) or not all(_is_int(s) and s >= 0 for s in seeds):
-        problems.append(f"seeds: must be a list of integers >= 0 (got {seeds!r})")
-        return
-    if len(set(seeds)) < 2:
-        problems.append(
-            f"seeds: need at least 2 different seeds to form a pair (got {list(seeds)})"
-        )
-        return
-    if len(set(seeds)) != len(seeds):
-        problems.append(f"seeds: listed twice: {sorted({s for s in seeds if seeds.count(s) > 1})}")
-    if len(seeds) % 2:
-        problems.append(
-            f"seeds: an odd count ({len(seeds)}) leaves seed {seeds[-1]} unpaired (seeds pair "
-            "up consecutively); add a seed, drop one, or list pairs explicitly"
-        )
-
-
-def _check_alphas(problems: list[str], alphas: object) -> None:
-    if _is_int(alphas):
-        if int(alphas) < 3:  # type: ignore[call-overload]
-            problems.append(f"alphas: need at least 3 points (0, 0.5, 1), got {alphas}")
-        return
-    if not isinstance(alphas, tuple) or not all(_is_number(a) for a in alphas):
-        problems.append(f"alphas: must be a count or a list of numbers (got {alphas!r})")
-        return
-    outside = [a for a in alphas if not 0.0 <= float(a) <= 1.0]
-    if outside:
-        problems.append(f"alphas: {', '.join(map(_fmt, outside))} outside [0, 1]")
-    if len(set(alphas)) < 3:
-        problems.append(f"alphas: need at least 3 distinct values, got {list(alphas)}")
-
-
-def _check_resources(problems: list[str], sweep: Sweep, cluster: Mapping[str, Any] | None) -> None:
-    _check_positive_int(problems, "workers_per_trial", sweep.workers_per_trial)
-    ok = _is_int(sweep.workers_per_trial) and sweep.workers_per_trial >= 1
-    if not (_is_number(sweep.cpus_per_worker) and sweep.cpus_per_worker > 0):
-        problems.append(f"cpus_per_worker: must be a number > 0 (got {sweep.cpus_per_worker!r})")
-        ok = False
-    if not (_is_number(sweep.gpus_per_worker) and sweep.gpus_per_worker >= 0):
-        problems.append(f"gpus_per_worker: must be a number >= 0 (got {sweep.gpus_per_worker!r})")
-        ok = False
-    _check_positive_int(
-        problems, "max_concurrent_trials", sweep.max_concurrent_trials, optional=True
-    )
-    _check_positive_int(problems, "train_workers", sweep.train_workers)
-    if not isinstance(sweep.amp, bool):
-        problems.append(f"amp: must be true or false (got {sweep.amp!r})")
-    if cluster is None or not ok:
-        return
-    workers = int(sweep.workers_per_trial)
-    cpus, gpus = float(cluster.get("CPU", 0) or 0), float(cluster.get("GPU", 0) or 0)
-    if sweep.gpus_per_worker > 0 and gpus <= 0:
-        problems.append(
-            f"gpus_per_worker: {_fmt(sweep.gpus_per_worker)} GPU per worker requested but the "
-            "cluster has no GPU (the trial would wait forever); set gpus_per_worker: 0"
-        )
-    elif workers * sweep.gpus_per_worker > gpus:
-        problems.append(
-            f"gpus_per_worker: workers_per_trial x gpus_per_worker = "
-            f"{_fmt(workers * sweep.gpus_per_worker)} GPUs per trial, but the cluster has "
-            f"{_fmt(gpus)} (the trial would wait forever)"
-        )
-    trainers = int(sweep.train_workers) if _is_int(sweep.train_workers) else 1
-    if trainers > 1 and 0.5 + trainers * sweep.cpus_per_worker > cpus:
-        problems.append(
-            f"train_workers: 0.5 CPU (the trial) + train_workers x cpus_per_worker = "
-            f"{_fmt(0.5 + trainers * float(sweep.cpus_per_worker))} CPUs, but the cluster has "
-            f"{_fmt(cpus)} (training would never start)"
-        )
-    if trainers > 1 and sweep.gpus_per_worker > 0 and trainers * sweep.gpus_per_worker > gpus:
-        problems.append(
-            f"train_workers: {trainers} x {_fmt(sweep.gpus_per_worker)} GPUs for training, "
-            f"but the cluster has {_fmt(gpus)}"
-        )
-    if workers * sweep.cpus_per_worker > cpus:
-        problems.append(
-            f"workers_per_trial: workers_per_trial x cpus_per_worker = "
-            f"{_fmt(workers * float(sweep.cpus_per_worker))} CPUs per trial, but the cluster "
-            f"has {_fmt(cpus)} (its actors would never all start)"
-        )
-
-
-def validate_sweep(
-    sweep: Sweep,
-    *,
-    cluster_resources: Mapping[str, Any] | None = None,
-    check_data: bool = True,
-) -> None:
-    """Raise one :class:`SweepConfigError` listing every problem of ``sweep``; else return.
-
-    ``cluster_resources`` (``ray.cluster_resources()``) enables the resource checks: GPUs
-    asked of a cluster without any, or more CPUs per trial than the cluster has, would make
-    Ray wait forever instead of failing. ``check_data=False`` skips the dataset-on-this-machine
-    check (for a driver that does not hold the data its workers read).
-    """
-    problems: list[str] = []
-    _check_name(problems, sweep.name)
-    info = _check_dataset(problems, sweep, check_data)
-    if not isinstance(sweep.archs, tuple) or not sweep.archs:
-        problems.append(f"archs: must be a non-empty list of architectures (got {sweep.archs!r})")
-    else:
-        for i, arch in enumerate(sweep.archs):
-            _check_arch(problems, i, arch, info)
-    _check_seeds(problems, sweep)
-    _check_positive_int(problems, "epochs", sweep.epochs)
-    _check_positive_int(problems, "batch_size", sweep.batch_size)
-    _check_positive_int(problems, "data_limit", sweep.data_limit, optional=True)
-    if sweep.lr is not None and not (_is_number(sweep.lr) and sweep.lr > 0):
-        problems.append(f"lr: must be a number > 0 or null for the default (got {sweep.lr!r})")
-    if sweep.data_root is not None and not isinstance(sweep.data_root, str):
-        problems.append(f"data_root: must be a path string (got {sweep.data_root!r})")
-    _check_choices(problems, "methods", sweep.methods, METHODS)
-    variants = sweep.variants
-    always = [v for v in variants if v in ALWAYS_REPORTED] if isinstance(variants, tuple) else []
-    if always:
-        problems.append(
-            f"variants: {', '.join(map(repr, always))} need not be listed: naive and aligned "
-            "are reported for every trial; list only REPAIR variants"
-        )
-        variants = tuple(v for v in variants if v not in ALWAYS_REPORTED)
-    _check_choices(problems, "variants", variants, VARIANTS, allow_empty=True)
-    _check_alphas(problems, sweep.alphas)
-    _check_resources(problems, sweep, cluster_resources)
-    if problems:
-        raise SweepConfigError(problems, sweep.name)
-
-
 __all__ = [
     "ALWAYS_REPORTED",
-    "METHODS",
-    "MODEL_NORMS",
     "ArchGrid",
     "EndpointConfig",
     "Sweep",
     "SweepConfigError",
     "TrialSpec",
-    "validate_sweep",
 ]

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import load_dataset
+from ..location import Location
 from .config import EndpointConfig
 
 _WEIGHTS = "model.pt"
@@ -30,12 +32,11 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     from ..models import build_model
     from ..train import train_model
-    from .trainables import load_sweep_data
 
     ep = EndpointConfig(**config["endpoint"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    train, _ = load_sweep_data(ep.dataset, config["data_root"], ep.data_limit)
+    train, _ = load_dataset(ep.dataset, config["data_root"], limit=ep.data_limit)
     torch.manual_seed(ep.seed)
     net = prepare_model(build_model(ep.model, **ep.model_kwargs(config["data_root"])))
     usable = len(train) - len(train) % world  # equal shards: DDP needs equal step counts
@@ -66,7 +67,7 @@ def train_data_parallel(
     data_root: str | None,
     cpus_per_worker: float,
     gpus_per_worker: float,
-    storage_path: str,
+    storage: Location,
 ) -> nn.Module:
     """Train ``ep`` on ``ep.train_workers`` Ray Train workers; returns the trained net (CPU)."""
     from ray.train import RunConfig, ScalingConfig
@@ -82,7 +83,7 @@ def train_data_parallel(
         scaling_config=ScalingConfig(
             num_workers=ep.train_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(name=f"train-{ep.key()}", storage_path=storage_path),
+        run_config=RunConfig(name=f"train-{ep.key()}", **storage.ray_storage()),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -1,8 +1,8 @@
 """Sweep results as Parquet tables (DESIGN.md §5): explicit schemas, one file per trial.
 
 Layout: ``<root>/<table>/sweep=<sweep>/<key>.parquet`` for the tables ``endpoints``,
-``trials``, ``curves`` and ``layers``. ``root`` is a local path or any pyarrow URI
-(``s3://...``, ``gs://...``). Each file is written under a temporary name starting with ``.``
+``trials``, ``curves`` and ``layers``. ``root`` is a local path, any pyarrow URI
+(``s3://...``, ``gs://...``) or a :class:`~repair_dist.location.Location`, which owns the layout. Each file is written under a temporary name starting with ``.``
 (which Parquet readers, pyarrow and DuckDB skip) and then renamed, so a rerun of a trial
 replaces its file and rows are never duplicated.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -33,26 +32,30 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from ..location import TABLES, Location
 from ..repair import VARIANTS
-from ..store import resolve_filesystem
 
 SCHEMA_VERSION = "1"
-TABLES = ("endpoints", "trials", "curves", "layers")
 
 _S, _F, _I = pa.string(), pa.float64(), pa.int64()
 
-# (name, type, required). Width is float64: VGG/torchvision widths are multipliers (0.5, 2);
-# depth is nullable (torchvision ResNets have none).
-_TRIAL_ID = [("model", _S, False), ("width", _F, False), ("depth", _I, False),
-             ("norm", _S, False), ("dataset", _S, False)]  # fmt: skip
+#: The columns identifying a trial's net, in table order: copied into every row of a trial
+#: (and of an endpoint), so each table filters by architecture without a join.
+TRIAL_ID_COLUMNS: tuple[str, ...] = ("model", "width", "depth", "norm", "dataset")
+# Width is float64: VGG/torchvision widths are multipliers (0.5, 2); depth is nullable
+# (torchvision ResNets have none).
+_ID_TYPES = {"model": _S, "width": _F, "depth": _I, "norm": _S, "dataset": _S}
+
+
+def _id_columns(required: bool) -> list[tuple[str, pa.DataType, bool]]:
+    return [(c, _ID_TYPES[c], required) for c in TRIAL_ID_COLUMNS]
+
+
+# (name, type, required)
 _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
     "endpoints": [
         ("endpoint_key", _S, True),
-        ("model", _S, True),
-        ("width", _F, True),
-        ("depth", _I, True),
-        ("norm", _S, True),
-        ("dataset", _S, True),
+        *_id_columns(required=True),
         ("seed", _I, True),
         ("epochs", _I, True),
         ("train_loss", _F, True),
@@ -67,11 +70,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("trial_key", _S, True),
         ("endpoint_a", _S, True),
         ("endpoint_b", _S, True),
-        ("model", _S, True),
-        ("width", _F, True),
-        ("depth", _I, True),
-        ("norm", _S, True),
-        ("dataset", _S, True),
+        *_id_columns(required=True),
         ("method", _S, True),
         ("variant", _S, True),
         ("acc_a", _F, True),
@@ -98,7 +97,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("split", _S, True),
         ("loss", _F, True),
         ("acc", _F, True),
-        *_TRIAL_ID,
+        *_id_columns(required=False),
     ],
     "layers": [
         ("trial_key", _S, True),
@@ -108,7 +107,7 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("layer", _S, True),
         ("std_ratio", _F, True),
         ("mean_shift", _F, True),
-        *_TRIAL_ID,
+        *_id_columns(required=False),
     ],
 }
 
@@ -130,7 +129,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 
 #: Metrics that :func:`summarize` averages over seed pairs by default.
 SUMMARY_METRICS = ("barrier_acc_mid", "barrier_loss_mid", "reduction_vs_aligned")
-#: Default grouping of :func:`summarize` (columns absent from the frame are skipped).
+#: Default grouping of :func:`summarize` (columns absent from the frame are skipped): the
+#: sweep and the :data:`TRIAL_ID_COLUMNS`, in the order a reader scans a summary.
 DEFAULT_GROUP_BY = ("sweep", "model", "dataset", "width", "depth", "norm")
 
 DUCKDB_EXAMPLE = """\
@@ -141,17 +141,6 @@ duckdb -c "SELECT model, width, depth, method, variant,
            GROUP BY ALL ORDER BY ALL"
 """
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-def _check_name(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or value.endswith(".parquet"):
-        raise ValueError(
-            f"{what} {value!r} must start with a letter or digit and contain only letters, "
-            "digits and _ . + - (it becomes a file or directory name)"
-        )
-    return value
-
 
 def _check_table(table: str) -> str:
     if table not in SCHEMAS:
@@ -159,23 +148,16 @@ def _check_table(table: str) -> str:
     return table
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def _resolve(root: str | os.PathLike, filesystem: pafs.FileSystem | None):
-    if filesystem is not None:
-        path = os.fspath(root)
-        local = isinstance(filesystem, pafs.LocalFileSystem)
-        return filesystem, (os.path.abspath(path) if local else path.rstrip("/")), local
-    return resolve_filesystem(root)
-
-
-def table_path(root: str | os.PathLike, table: str, sweep: str, key: str) -> str:
+def table_path(
+    root: str | os.PathLike | Location,
+    table: str,
+    sweep: str,
+    key: str,
+    *,
+    filesystem: pafs.FileSystem | None = None,
+) -> str:
     """``<root>/<table>/sweep=<sweep>/<key>.parquet`` (the path inside root's filesystem)."""
-    _, base, _ = resolve_filesystem(root)
-    return _join(base, _check_table(table), f"sweep={_check_name('sweep', sweep)}",
-                 f"{_check_name('key', key)}.parquet")  # fmt: skip
+    return Location.of(root, filesystem).table_file(_check_table(table), sweep, key)
 
 
 def to_arrow(table: str, df: pd.DataFrame, sweep: str, *, extra: str = "error") -> pa.Table:
@@ -219,7 +201,7 @@ def to_arrow(table: str, df: pd.DataFrame, sweep: str, *, extra: str = "error") 
 
 
 def write_rows(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Location,
     table: str,
     sweep: str,
     key: str,
@@ -233,17 +215,14 @@ def write_rows(
     Returns the written path (inside ``root``'s filesystem; a local path for local roots).
     ``filesystem`` overrides the filesystem pyarrow infers from ``root``.
     """
-    _check_table(table)
-    _check_name("sweep", sweep)
-    _check_name("key", key)
+    loc = Location.of(root, filesystem)
+    final = loc.table_file(_check_table(table), sweep, key)
     data = to_arrow(table, df, sweep, extra=extra)
-    fs, base, local = _resolve(root, filesystem)
-    part = _join(base, table, f"sweep={sweep}")
-    final = _join(part, f"{key}.parquet")
-    tmp = _join(part, f".{key}.parquet.tmp-{uuid.uuid4().hex[:12]}")
+    fs, part = loc.fs, loc.table_dir(table, sweep)
+    tmp = f"{part}/.{key}.parquet.tmp-{uuid.uuid4().hex[:12]}"
     fs.create_dir(part, recursive=True)
     try:
-        if local:
+        if loc.local:
             pq.write_table(data, tmp, compression="zstd")
             os.replace(tmp, final)
         else:
@@ -263,7 +242,7 @@ def _empty(table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
 
 
 def read_table(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Location,
     table: str,
     sweep: str | None = None,
     *,
@@ -275,17 +254,13 @@ def read_table(
     An empty frame with the table's columns when nothing has been written yet.
     """
     _check_table(table)
-    fs, base, _ = _resolve(root, filesystem)
+    loc = Location.of(root, filesystem)
+    fs, where = loc.fs, loc.table_dir(table, sweep)
     full = SCHEMAS[table]
     if columns is not None:
         bad = [c for c in columns if c not in full.names]
         if bad:
             raise ValueError(f"{table} has no column(s) {', '.join(bad)}")
-    if sweep is not None:
-        _check_name("sweep", sweep)
-        where = _join(base, table, f"sweep={sweep}")
-    else:
-        where = _join(base, table)
     if fs.get_file_info(where).type != pafs.FileType.Directory:
         return _empty(table, columns)
     dataset = ds.dataset(
@@ -395,6 +370,7 @@ __all__ = [
     "SCHEMAS",
     "SUMMARY_METRICS",
     "TABLES",
+    "TRIAL_ID_COLUMNS",
     "format_table",
     "read_table",
     "summarize",

@@ -31,11 +31,25 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from ray import tune  # noqa: E402
 
 from ..distributed import ensure_ray, init_local_ray  # noqa: E402
-from ..store import CheckpointStore
-from . import results
-from .config import Sweep, TrialSpec, validate_sweep
-from .tracking import Tracker, TrackingUnavailable, default_tracking_uri, sync_from_parquet
-from .trainables import endpoint_trainable, merge_trainable, trial_to_dict
+from ..location import Location  # noqa: E402
+from ..store import CheckpointStore  # noqa: E402
+from . import results  # noqa: E402
+from .config import Sweep, TrialSpec  # noqa: E402
+from .tracking import (  # noqa: E402
+    Tracker,
+    TrackingUnavailable,
+    default_tracking_uri,
+    sync_from_parquet,
+    trial_artifacts,
+)
+from .trainables import (  # noqa: E402
+    endpoint_trainable,
+    merge_trainable,
+    train_endpoint,
+    trial_from_dict,
+    trial_to_dict,
+)
+from .validation import validate_sweep  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +113,7 @@ class TrialPublisher(tune.Callback):
     unreachable MLflow is recorded in ``problems``; Parquet stays the record.
     """
 
-    def __init__(self, tracker: Tracker | None, root: str) -> None:
+    def __init__(self, tracker: Tracker | None, root: Location) -> None:
         self.tracker, self.root = tracker, root
         self.problems: list[str] = []
         self._queue: queue.Queue | None = None
@@ -127,8 +141,6 @@ class TrialPublisher(tune.Callback):
             self.publish(spec)
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-        from .trainables import trial_from_dict
-
         if self._thread is None:
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
@@ -143,45 +155,42 @@ class TrialPublisher(tune.Callback):
         self._thread = self._queue = None
 
 
-def _trial_frame(root: str, table: str, spec: TrialSpec) -> pd.DataFrame:
+RootLike = str | os.PathLike | Location
+
+
+def _trial_frame(root: RootLike, table: str, spec: TrialSpec) -> pd.DataFrame:
     """One trial's rows of a table: reads its own file only (not the whole sweep's table)."""
     import pyarrow.parquet as pq
 
-    from ..store import resolve_filesystem
-
-    fs, base, _ = resolve_filesystem(root)
-    path = f"{base.rstrip('/')}/{table}/sweep={spec.sweep}/{spec.key()}.parquet"
-    return pq.read_table(path, filesystem=fs).to_pandas()
+    root = Location.of(root)
+    path = root.table_file(table, spec.sweep, spec.key())
+    return pq.read_table(path, filesystem=root.fs).to_pandas()
 
 
-def plot_path(root: str, spec: TrialSpec) -> str:
-    return os.path.join(root, "plots", f"sweep={spec.sweep}", f"{spec.key()}.png")
-
-
-def plot_trial(root: str, spec: TrialSpec) -> str | None:
+def plot_trial(root: RootLike, spec: TrialSpec) -> str | None:
     """The trial's loss/acc-vs-alpha PNG beside the tables (local roots; else no file)."""
-    if "://" in root:
+    root = Location.of(root)
+    if not root.local:
         return None
     from .plots import plot_trial_curves
 
-    path = plot_path(root, spec)
+    path = root.plot_file(spec.sweep, spec.key())
     if not os.path.exists(path):
         curves = _trial_frame(root, "curves", spec)
         plot_trial_curves(curves, path, title=f"{spec.sweep}: {spec.run_name()}")
     return path
 
 
-def log_trial_to_mlflow(tracker: Tracker, root: str, spec: TrialSpec) -> str:
-    key = spec.key()
+def log_trial_to_mlflow(tracker: Tracker, root: RootLike, spec: TrialSpec) -> str:
+    root = Location.of(root)
     rows = _trial_frame(root, "trials", spec)
     curves = _trial_frame(root, "curves", spec)
-    files = [results.table_path(root, t, spec.sweep, key) for t in ("trials", "curves", "layers")]
-    png = plot_path(root, spec)
-    artifacts = [p for p in [*files, png] if "://" not in p and os.path.exists(p)]
+    artifacts = trial_artifacts(root, spec.sweep, spec.key())
+    key = spec.key()
     return tracker.log_trial(key, spec.params(), rows, curves, artifacts, run_name=spec.run_name())
 
 
-def finished_trials(root: str, sweep: str) -> set[str]:
+def finished_trials(root: RootLike, sweep: str) -> set[str]:
     """Trial keys with a ``trials`` file (written last by a trial, so it marks completion)."""
     done = results.read_table(root, "trials", sweep, columns=["trial_key"])
     return set(done["trial_key"].astype(str))
@@ -207,10 +216,19 @@ def _trial_resources(sweep: Sweep) -> Any:
     return tune.PlacementGroupFactory([{"CPU": 0.25}] + [worker] * n)
 
 
-def _fit(trainable: Any, name: str, item: str, configs: list[dict], resources: Any, *, root: str,
-         callbacks: Sequence[tune.Callback], sweep: Sweep, verbose: int,
-         max_failures: int) -> Any:  # fmt: skip
-    storage = os.path.abspath(os.path.join(root, "tune")) if "://" not in root else f"{root}/tune"
+def _fit(
+    trainable: Any,
+    name: str,
+    item: str,
+    configs: list[dict],
+    resources: Any,
+    *,
+    root: Location,
+    callbacks: Sequence[tune.Callback],
+    sweep: Sweep,
+    verbose: int,
+    max_failures: int,
+) -> Any:
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={item: tune.grid_search(configs)},
@@ -219,7 +237,7 @@ def _fit(trainable: Any, name: str, item: str, configs: list[dict], resources: A
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage,
+            **root.tune.ray_storage(),
             verbose=verbose,
             callbacks=list(callbacks),
             failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -231,8 +249,8 @@ def _fit(trainable: Any, name: str, item: str, configs: list[dict], resources: A
 def run_sweep(
     sweep: Sweep,
     *,
-    root: str | os.PathLike = "results",
-    store: str | None = None,
+    root: str | os.PathLike | Location = "results",
+    store: str | os.PathLike | Location | None = None,
     tracking_uri: str | None = None,
     address: str | None = None,
     verbose: int = 0,
@@ -241,94 +259,110 @@ def run_sweep(
 ) -> SweepOutcome:
     """Validate, train missing endpoints, run unfinished trials, log, summarise.
 
-    ``root``: results root (local path or pyarrow URI); ``store``: checkpoint store URI
-    (default ``<root>/checkpoints``); ``tracking_uri``: MLflow (default sqlite under a local
-    root); ``address``: an existing Ray cluster (default: ``$RAY_ADDRESS`` or a local
-    loopback-only Ray). Raises SweepConfigError before anything runs, SweepIncomplete when
-    some trials did not finish (rerun the same call to resume).
+    ``root``: results root (local path, pyarrow URI or Location); ``store``: checkpoint
+    store (default ``<root>/checkpoints``); ``tracking_uri``: MLflow (default sqlite under a
+    local root, none elsewhere); ``address``: an existing Ray cluster (default:
+    ``$RAY_ADDRESS`` or a local loopback-only Ray). Raises SweepConfigError before anything
+    runs, SweepIncomplete when some trials did not finish (rerun the same call to resume).
     """
     started = time.monotonic()
     validate_sweep(sweep)  # cheap checks before anything starts or is written
-    root = os.fspath(root)
-    if "://" not in root:
-        root = os.path.abspath(root)
-    store_uri = store or (
-        f"{root}/checkpoints" if "://" in root else os.path.join(root, "checkpoints")
-    )
-    if tracking_uri is None and mlflow and "://" not in root:
-        tracking_uri = default_tracking_uri(root)
+    loc = Location.of(root)
+    ckpts = CheckpointStore(store if store is not None else loc.checkpoints)
+    if tracking_uri is None and mlflow and loc.local:
+        tracking_uri = default_tracking_uri(loc)
     _ray_up(address)
     import ray
 
     validate_sweep(sweep, cluster_resources=ray.cluster_resources())
 
     # ---- stage 1: endpoints ----------------------------------------------------------------
-    ckpts = CheckpointStore(store_uri)
     endpoints = sweep.endpoints()
     todo = [ep for ep in endpoints if not ckpts.has(ep.key())]
-    written = set(results.read_table(root, "endpoints", sweep.name, columns=["endpoint_key"])[
-        "endpoint_key"
-    ].astype(str))  # fmt: skip
-    common = dict(sweep=sweep.name, store_uri=store_uri, root=root, data_root=sweep.data_root)
+    rows = results.read_table(loc, "endpoints", sweep.name, columns=["endpoint_key"])
+    written = set(rows["endpoint_key"].astype(str))
     train_cpus = max(1.0, sweep.cpus_per_worker)
     if todo:
-        print(f"[{sweep.name}] stage 1: training {len(todo)} of {len(endpoints)} endpoints",
-              file=sys.stderr, flush=True)  # fmt: skip
+        _say(f"[{sweep.name}] stage 1: training {len(todo)} of {len(endpoints)} endpoints")
         fn = tune.with_parameters(
-            endpoint_trainable, cpus=train_cpus, worker_cpus=sweep.cpus_per_worker,
-            worker_gpus=sweep.gpus_per_worker, **common,
-        )  # fmt: skip
+            endpoint_trainable,
+            sweep=sweep.name,
+            store=ckpts,
+            root=loc,
+            data_root=sweep.data_root,
+            cpus=train_cpus,
+            worker_cpus=sweep.cpus_per_worker,
+            worker_gpus=sweep.gpus_per_worker,
+        )
         # Data-parallel recipes: the trial only coordinates; Ray Train asks for the workers.
-        stage1 = ({"cpu": 0.5, "gpu": 0} if sweep.train_workers > 1
-                  else {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0})  # fmt: skip
-        _fit(fn, f"{sweep.name}-endpoints", "endpoint", [asdict(ep) for ep in todo],
-             stage1, root=root,
-             callbacks=[Progress("endpoints", len(todo))], sweep=sweep, verbose=verbose,
-             max_failures=max_failures)  # fmt: skip
+        if sweep.train_workers > 1:
+            stage1 = {"cpu": 0.5, "gpu": 0}
+        else:
+            stage1 = {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}
+        _fit(
+            fn,
+            f"{sweep.name}-endpoints",
+            "endpoint",
+            [asdict(ep) for ep in todo],
+            stage1,
+            root=loc,
+            callbacks=[Progress("endpoints", len(todo))],
+            sweep=sweep,
+            verbose=verbose,
+            max_failures=max_failures,
+        )
     missing = [ep.key() for ep in endpoints if not ckpts.has(ep.key())]
     if missing:
         raise SweepIncomplete(
             f"sweep {sweep.name!r}: {len(missing)} of {len(endpoints)} endpoints did not train "
-            f"(interrupted or failed; see {root}/tune). Rerun the same command to resume."
+            f"(interrupted or failed; see {loc.tune}). Rerun the same command to resume."
         )
     for ep in endpoints:  # endpoints trained by another sweep still get this sweep's row
         if ep.key() not in written:
-            from .trainables import train_endpoint
-
             row = train_endpoint(ep, ckpts, sweep.data_root)
-            results.write_rows(root, "endpoints", sweep.name, ep.key(), pd.DataFrame([row]))
+            results.write_rows(loc, "endpoints", sweep.name, ep.key(), pd.DataFrame([row]))
 
     # ---- stage 2: merge trials --------------------------------------------------------------
     trials = sweep.trials()
-    done = finished_trials(root, sweep.name)
+    done = finished_trials(loc, sweep.name)
     pending = [t for t in trials if t.key() not in done]
     tracker = Tracker(tracking_uri, sweep.name) if tracking_uri else None
-    publisher = TrialPublisher(tracker, root)
+    publisher = TrialPublisher(tracker, loc)
     if pending:
-        print(f"[{sweep.name}] stage 2: {len(pending)} of {len(trials)} merge trials to run",
-              file=sys.stderr, flush=True)  # fmt: skip
+        _say(f"[{sweep.name}] stage 2: {len(pending)} of {len(trials)} merge trials to run")
         fn = tune.with_parameters(
             merge_trainable,
-            store_uri=store_uri, root=root, data_root=sweep.data_root,
-            workers=sweep.workers_per_trial, cpus=sweep.cpus_per_worker,
-        )  # fmt: skip
-        _fit(fn, f"{sweep.name}-trials", "trial", [trial_to_dict(t) for t in pending],
-             _trial_resources(sweep), root=root,
-             callbacks=[Progress("trials", len(pending)), publisher], sweep=sweep,
-             verbose=verbose, max_failures=max_failures)  # fmt: skip
+            store=ckpts,
+            root=loc,
+            data_root=sweep.data_root,
+            workers=sweep.workers_per_trial,
+            cpus=sweep.cpus_per_worker,
+        )
+        _fit(
+            fn,
+            f"{sweep.name}-trials",
+            "trial",
+            [trial_to_dict(t) for t in pending],
+            _trial_resources(sweep),
+            root=loc,
+            callbacks=[Progress("trials", len(pending)), publisher],
+            sweep=sweep,
+            verbose=verbose,
+            max_failures=max_failures,
+        )
     publisher.drain()
-    done = finished_trials(root, sweep.name)
+    done = finished_trials(loc, sweep.name)
     unfinished = [t for t in trials if t.key() not in done]
     for spec in trials:  # finished by an earlier, interrupted run: plot what is missing
         if spec.key() in done:
             try:
-                plot_trial(root, spec)
+                plot_trial(loc, spec)
             except Exception as err:  # a figure must never fail a sweep
                 log.warning("plot of trial %s failed: %s", spec.key(), err)
     # MLflow: anything finished but not logged (earlier interrupted runs, server down) now.
     if tracker is not None:
         try:
-            sync_from_parquet(root, tracking_uri, sweep.name)
+            sync_from_parquet(loc, tracking_uri, sweep.name)
             tracker.finish("FAILED" if unfinished else "FINISHED")  # the parent run's status
         except TrackingUnavailable as err:
             publisher.problems.append(str(err))
@@ -337,12 +371,12 @@ def run_sweep(
         raise SweepIncomplete(
             f"sweep {sweep.name!r}: {len(unfinished)} of {len(trials)} trials did not finish "
             f"({names}{', ...' if len(unfinished) > 5 else ''}); interrupted or failed, see "
-            f"{root}/tune. Rerun the same command to resume: finished work is kept."
+            f"{loc.tune}. Rerun the same command to resume: finished work is kept."
         )
-    table = results.read_table(root, "trials", sweep.name)
+    table = results.read_table(loc, "trials", sweep.name)
     return SweepOutcome(
         sweep=sweep.name,
-        root=root,
+        root=loc.uri,
         tracking_uri=tracking_uri,
         endpoints_trained=len(todo),
         endpoints_reused=len(endpoints) - len(todo),
@@ -352,3 +386,7 @@ def run_sweep(
         summary=results.summarize(table) if not table.empty else table,
         mlflow_problems=publisher.problems,
     )
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """MLflow tracking of sweeps (DESIGN.md §5): a view of the Parquet results, never the record.
 
 Layout: experiment = sweep name; one parent run per sweep (tag ``sweep_parent=<sweep>``); one
-child run per trial (tag ``trial_key``) or endpoint (tag ``endpoint_key``). MLflow never
+child run per trial (tag ``trial_key``). Endpoints get no runs: DESIGN.md §5 promises trials
+only, and the ``endpoints`` Parquet table is their record. MLflow never
 deduplicates runs, so every run is looked up by its tag before one is created, and after
 creating one the lookup is repeated: if two processes raced, the oldest run wins and the
 others are deleted. A resumed sweep therefore reuses its runs instead of duplicating them.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .results import TABLES, read_table, table_path
+from ..location import SAFE_NAME, TABLES, Location
+from .results import TRIAL_ID_COLUMNS, read_table
 
 if TYPE_CHECKING:  # mlflow is imported lazily: it costs seconds and only trackers need it
     from mlflow.tracking import MlflowClient
@@ -55,18 +56,13 @@ VARIANT_METRICS = (
 _PARAM_COLUMNS = (
     "sweep",
     "trial_key",
-    "model",
-    "dataset",
-    "width",
-    "depth",
-    "norm",
+    *TRIAL_ID_COLUMNS,
     "method",
     "seed_a",
     "seed_b",
     "endpoint_a",
     "endpoint_b",
 )
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LEN = 1000, 100, 6000
 _ENV_LOCK = threading.RLock()
 
@@ -75,16 +71,28 @@ class TrackingUnavailable(RuntimeError):
     """MLflow could not be reached or refused a write; the results in Parquet are unaffected."""
 
 
-def default_tracking_uri(root: str | os.PathLike) -> str:
-    """``sqlite:///<abs root>/mlflow.db`` (MLflow 3 refuses plain file stores); creates root."""
-    path = Path(root).expanduser().absolute()
-    path.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path / 'mlflow.db'}"
+def _local_root(root: str | os.PathLike | Location) -> Location:
+    loc = Location.of(root)
+    if not loc.local:
+        raise ValueError(
+            f"results root {loc.uri} is not on this machine: the default MLflow store is a "
+            "sqlite file under a local root; pass --tracking-uri (e.g. an MLflow server)"
+        )
+    return loc
 
 
-def default_artifact_root(root: str | os.PathLike) -> str:
+def default_tracking_uri(root: str | os.PathLike | Location) -> str:
+    """``sqlite:///<abs root>/mlflow.db`` (MLflow 3 refuses plain file stores); creates root.
+
+    ValueError for a root that is not local (sqlite needs a local file).
+    """
+    loc = _local_root(root).makedirs()
+    return loc.mlflow_uri  # type: ignore[return-value]
+
+
+def default_artifact_root(root: str | os.PathLike | Location) -> str:
     """``<abs root>/mlartifacts``: where runs of a local store keep their files."""
-    return str(Path(root).expanduser().absolute() / "mlartifacts")
+    return _local_root(root).mlflow_artifacts  # type: ignore[return-value]
 
 
 def _sqlite_root(uri: str) -> Path | None:
@@ -96,7 +104,7 @@ def _sqlite_root(uri: str) -> Path | None:
 
 def _check_safe(what: str, value: str) -> str:
     # Values go into MLflow filter strings between single quotes, which cannot be escaped.
-    if not isinstance(value, str) or not _SAFE.match(value):
+    if not isinstance(value, str) or not SAFE_NAME.match(value):
         raise ValueError(f"{what} {value!r}: use letters, digits and _ . + - only")
     return value
 
@@ -359,12 +367,6 @@ class Tracker:
         with self._guard(f"closing the parent run of {self.sweep!r}"):
             self._client.set_terminated(parent, status)
 
-    def find_run(self, tag: str, value: str) -> str | None:
-        """Id of the active run tagged ``tag=value`` (the oldest if several), or None."""
-        with self._guard(f"looking up {tag}={value}"):
-            runs = self._search(tag, value)
-        return runs[0].info.run_id if runs else None
-
     def logged_keys(self, tag: str = "trial_key") -> set[str]:
         """Every value of ``tag`` among this sweep's active runs (one paged query)."""
         with self._guard(f"listing {tag}s"):
@@ -397,22 +399,6 @@ class Tracker:
             curve_metrics(curves),
             artifacts,
             run_name,
-        )
-        return run_id
-
-    def log_endpoint(
-        self,
-        endpoint_key: str,
-        params: Mapping[str, Any],
-        metrics: Mapping[str, float],
-        artifacts: Sequence[str | os.PathLike] = (),
-        *,
-        run_name: str | None = None,
-    ) -> str:
-        """Log a trained endpoint into its child run (found by tag ``endpoint_key``)."""
-        values = {k: v for k, v in ((k, _finite(v)) for k, v in metrics.items()) if v is not None}
-        run_id, _ = self._log_child(
-            "endpoint_key", endpoint_key, params, values, [], artifacts, run_name
         )
         return run_id
 
@@ -492,16 +478,17 @@ def _trial_params(rows: pd.DataFrame, epochs: Mapping[str, int]) -> dict[str, An
     return params
 
 
-def _local_trial_files(root: str | os.PathLike, sweep: str, key: str) -> list[str]:
-    if "://" in os.fspath(root):
+def trial_artifacts(root: str | os.PathLike | Location, sweep: str, key: str) -> list[str]:
+    """A trial's files to attach to its MLflow run: its Parquet files and plot (local roots)."""
+    loc = Location.of(root)
+    if not loc.local:
         return []
-    paths = [table_path(root, t, sweep, key) for t in ("trials", "curves", "layers")]
-    paths.append(os.path.join(os.fspath(root), "plots", f"sweep={sweep}", f"{key}.png"))
-    return [p for p in paths if os.path.isfile(p)]
+    paths = [loc.table_file(t, sweep, key) for t in ("trials", "curves", "layers")]
+    return [p for p in [*paths, loc.plot_file(sweep, key)] if os.path.isfile(p)]
 
 
 def sync_from_parquet(
-    results_root: str | os.PathLike,
+    results_root: str | os.PathLike | Location,
     tracking_uri: str,
     sweep: str | None = None,
     **tracker_options: Any,
@@ -534,7 +521,7 @@ def sync_from_parquet(
                 params,
                 trial_metrics(group),
                 curve_metrics(sweep_curves[sweep_curves["trial_key"] == key]),
-                _local_trial_files(results_root, str(name), str(key)),
+                trial_artifacts(results_root, str(name), str(key)),
                 None,
                 {"backfilled_from": "parquet"},
             )

@@ -20,9 +20,10 @@ from typing import Any
 import pandas as pd
 import torch
 from ray import tune
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..data import BatchPlan, load_dataset
+from ..location import Location
 from ..metrics import collapsed_filters, evaluate, total_collapsed
 from ..models import build_model
 from ..pipeline import merge_trial
@@ -30,22 +31,7 @@ from ..store import CheckpointStore
 from ..train import train_model
 from . import results
 from .config import EndpointConfig, TrialSpec
-
-#: Columns identifying a trial's net, copied into every table row of that trial.
-_ID_COLUMNS = ("model", "width", "depth", "norm", "dataset")
-
-
-def load_sweep_data(
-    dataset: str, data_root: str | None, limit: int | None
-) -> tuple[Dataset, Dataset]:
-    """The dataset of a sweep, the same in every process (deterministic splits)."""
-    opts: dict[str, Any] = {}
-    if limit is not None:
-        if dataset in ("fashion-mnist", "cifar10"):
-            opts = {"limit_train": limit, "limit_test": max(1, limit // 5)}
-        elif dataset == "synthetic":
-            opts = {"n_train": limit, "n_test": max(1, limit // 5)}
-    return load_dataset(dataset, root=data_root, **opts)
+from .ddp import train_data_parallel
 
 
 def _threads(cpus: float) -> None:
@@ -71,7 +57,7 @@ def train_endpoint(
     *,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
-    storage_path: str | None = None,
+    storage: Location | None = None,
 ) -> dict[str, Any]:
     """Train ``ep`` unless the store already holds it; returns its ``endpoints`` table row.
 
@@ -79,17 +65,15 @@ def train_endpoint(
     """
     key = ep.key()
     if not store.has(key):
-        train, test = load_sweep_data(ep.dataset, data_root, ep.data_limit)
+        train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
         started = time.perf_counter()
         if ep.train_workers > 1:
-            from .ddp import train_data_parallel
-
             net = train_data_parallel(
                 ep,
                 data_root=data_root,
                 cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker,
-                storage_path=storage_path or os.path.join(tempfile.gettempdir(), "repair-dist"),
+                storage=storage or Location.of(os.path.join(tempfile.gettempdir(), "repair-dist")),
             )
         else:
             torch.manual_seed(ep.seed)  # the architecture's init is part of the seed's identity
@@ -136,7 +120,7 @@ def register_endpoint(
     config = {"name": ep.model, **ep.model_kwargs(data_root)}
     written = store.register(ep.key(), source, config, ep.params())
     net, _ = store.load(ep.key())
-    _, test = load_sweep_data(ep.dataset, data_root, ep.data_limit)
+    _, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
     te = evaluate(net, test)
     metrics = {
         "test_loss": te["loss"],
@@ -151,15 +135,28 @@ def register_endpoint(
     return metrics
 
 
-def endpoint_trainable(config: dict[str, Any], *, sweep: str, store_uri: str, root: str,
-                       data_root: str | None, cpus: float, worker_cpus: float = 1.0,
-                       worker_gpus: float = 0.0) -> None:  # fmt: skip
+def endpoint_trainable(
+    config: dict[str, Any],
+    *,
+    sweep: str,
+    store: CheckpointStore,
+    root: Location,
+    data_root: str | None,
+    cpus: float,
+    worker_cpus: float = 1.0,
+    worker_gpus: float = 0.0,
+) -> None:
     """Stage 1 (Tune): train one endpoint into the store; one ``endpoints`` row per sweep."""
     _threads(cpus)
     ep = endpoint_from_dict(config["endpoint"])
-    storage = f"{root}/tune" if "://" in root else os.path.join(root, "tune")
-    row = train_endpoint(ep, CheckpointStore(store_uri), data_root, cpus_per_worker=worker_cpus,
-                         gpus_per_worker=worker_gpus, storage_path=storage)  # fmt: skip
+    row = train_endpoint(
+        ep,
+        store,
+        data_root,
+        cpus_per_worker=worker_cpus,
+        gpus_per_worker=worker_gpus,
+        storage=root.tune,
+    )
     results.write_rows(root, "endpoints", sweep, ep.key(), pd.DataFrame([row]))
     tune.report({"test_acc": float(row["test_acc"]), "done": 1})
 
@@ -167,7 +164,7 @@ def endpoint_trainable(config: dict[str, Any], *, sweep: str, store_uri: str, ro
 def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
     """The Parquet rows of one finished merge trial (DESIGN.md §5)."""
     params = spec.params()
-    ids = {c: params[c] for c in _ID_COLUMNS}
+    ids = {c: params[c] for c in results.TRIAL_ID_COLUMNS}
     key = spec.key()
     trials = outcome.barriers.assign(
         trial_key=key,
@@ -184,8 +181,9 @@ def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
     return {"curves": curves, "layers": layers, "trials": trials}
 
 
-def merge_for_spec(spec: TrialSpec, net_a: Any, net_b: Any, train: Any, test: Any, *,
-                   workers: Any = 1) -> Any:  # fmt: skip
+def merge_for_spec(
+    spec: TrialSpec, net_a: Any, net_b: Any, train: Any, test: Any, *, workers: Any = 1
+) -> Any:
     """:func:`~repair_dist.pipeline.merge_trial` with every setting taken from ``spec``."""
     return merge_trial(
         net_a,
@@ -202,9 +200,15 @@ def merge_for_spec(spec: TrialSpec, net_a: Any, net_b: Any, train: Any, test: An
     )
 
 
-def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
-                    data_root: str | None = None, workers: Any = 1,
-                    loader_workers: int = 0) -> dict[str, pd.DataFrame]:  # fmt: skip
+def run_merge_trial(
+    spec: TrialSpec,
+    store: CheckpointStore,
+    root: str | os.PathLike | Location,
+    *,
+    data_root: str | None = None,
+    workers: Any = 1,
+    loader_workers: int = 0,
+) -> dict[str, pd.DataFrame]:
     """Align, interpolate, renormalise, evaluate; write the trial's Parquet files.
 
     ``loader_workers``: DataLoader processes per pass worker for file-backed datasets (JPEG
@@ -212,20 +216,27 @@ def run_merge_trial(spec: TrialSpec, store: CheckpointStore, root: str, *,
     """
     net_a, _ = store.load(spec.a.key())
     net_b, _ = store.load(spec.b.key())
-    train, test = load_sweep_data(spec.a.dataset, data_root, spec.a.data_limit)
+    train, test = load_dataset(spec.a.dataset, data_root, limit=spec.a.data_limit)
     if not isinstance(train, TensorDataset):
         train = BatchPlan(train, spec.batch_size, loader_workers=loader_workers)
         test = BatchPlan(test, spec.batch_size, loader_workers=loader_workers)
     outcome = merge_for_spec(spec, net_a, net_b, train, test, workers=workers)
     tables = trial_tables(spec, outcome)
-    key = spec.key()
+    key, root = spec.key(), Location.of(root)
     for table in ("curves", "layers", "trials"):  # "trials" last: it marks the trial finished
         results.write_rows(root, table, spec.sweep, key, tables[table], extra="drop")
     return tables
 
 
-def merge_trainable(config: dict[str, Any], *, store_uri: str, root: str, data_root: str | None,
-                    workers: int, cpus: float) -> None:  # fmt: skip
+def merge_trainable(
+    config: dict[str, Any],
+    *,
+    store: CheckpointStore,
+    root: Location,
+    data_root: str | None,
+    workers: int,
+    cpus: float,
+) -> None:
     """Stage 2 (Tune): one (pair, method) trial; shards its passes over the trial's workers."""
     _threads(cpus)
     spec = trial_from_dict(config["trial"])
@@ -236,9 +247,13 @@ def merge_trainable(config: dict[str, Any], *, store_uri: str, root: str, data_r
         # Lives in this trial's placement group (one bundle per worker, see the runner).
         executor = pool_of_size(workers, amp=spec.amp)
     tables = run_merge_trial(
-        spec, CheckpointStore(store_uri), root, data_root=data_root, workers=executor,
+        spec,
+        store,
+        root,
+        data_root=data_root,
+        workers=executor,
         loader_workers=max(0, int(cpus) - 1),  # one core computes, the rest decode
-    )  # fmt: skip
+    )
     by_variant = tables["trials"].set_index("variant")
     tune.report(
         {
