@@ -45,10 +45,10 @@ TRIAL_VARIANTS = ("naive", *CURVE_VARIANTS)
 
 
 def variant_order(values: Iterable[str]) -> list[str]:
-    """Distinct ``values`` in display order: known variants first, others as they appear."""
-    distinct = list(dict.fromkeys(values))
+    """Distinct ``values`` in display order: known variants first, then the others sorted."""
+    distinct = set(values)
     known = [v for v in TRIAL_VARIANTS if v in distinct]
-    return known + [v for v in distinct if v not in TRIAL_VARIANTS]
+    return known + sorted(distinct - set(TRIAL_VARIANTS))
 
 
 #: Alphas are rounded to this many decimals so that a grid given as a count and the same grid

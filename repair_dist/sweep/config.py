@@ -19,21 +19,21 @@ import inspect
 import itertools
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .. import store as _store
 from ..data import dataset_info
 from ..models import MODEL_NAMES
-from ..pipeline import METHODS
+from ..pipeline import METHODS, TRIAL_VARIANTS, alpha_grid
 from ..repair import VARIANTS
 from ..store import CheckpointStore, canonical_json
 from .results import TRIAL_ID_COLUMNS
 
 #: Reported for every trial without being asked for (DESIGN.md §5).
-ALWAYS_REPORTED: tuple[str, ...] = ("naive", "aligned")
-_ALPHA_DECIMALS = 6
+#: The two baselines every trial reports (not REPAIR variants): see pipeline.TRIAL_VARIANTS.
+ALWAYS_REPORTED: tuple[str, ...] = TRIAL_VARIANTS[:2]
 
 
 class SweepConfigError(ValueError):
@@ -316,18 +316,8 @@ class Sweep:
         return [(s[i], s[i + 1]) for i in range(0, len(s) - 1, 2)]
 
     def alpha_grid(self) -> tuple[float, ...]:
-        """Sorted interpolation weights, rounded; always holding 0, 0.5 and 1.
-
-        0 and 1 are the endpoints every barrier is measured against and 0.5 is the midpoint
-        barrier, so they are added when a list (or an even count) leaves them out.
-        """
-        if is_int(self.alphas):
-            n = int(self.alphas)  # type: ignore[arg-type]
-            values: Iterable[float] = (i / (n - 1) for i in range(n)) if n > 1 else ()
-        else:
-            values = (float(a) for a in self.alphas)  # type: ignore[union-attr]
-        grid = {round(v, _ALPHA_DECIMALS) for v in values} | {0.0, 0.5, 1.0}
-        return tuple(sorted(grid))
+        """The sweep's interpolation weights (:func:`repair_dist.pipeline.alpha_grid`)."""
+        return alpha_grid(self.alphas)  # type: ignore[arg-type]
 
     def _endpoint(
         self, model: str, width: float, depth: int | None, norm: str, seed: int

@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..pipeline import TRIAL_VARIANTS, variant_order
 from ..repair import VARIANTS
 from .results import summarize
 
@@ -28,7 +29,6 @@ from .results import summarize
 SWEEP_METRICS = ("barrier_loss_mid", "barrier_acc_mid")
 #: Architecture dimensions a sweep may vary; each that varies gets its own figure.
 DIMENSIONS = ("width", "depth", "norm")
-_ORDER = ("naive", "aligned", *VARIANTS)
 _FIXED_COLORS = {"naive": "0.55", "aligned": "black"}
 _LABELS = {
     "barrier_loss_mid": "loss barrier at alpha=0.5",
@@ -39,17 +39,14 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _variants(values: Sequence[str]) -> list[str]:
-    """Known variants in the paper's order, then any others alphabetically."""
-    present = list(dict.fromkeys(str(v) for v in values))
-    known = [v for v in _ORDER if v in present]
-    return known + sorted(v for v in present if v not in _ORDER)
+    return variant_order(str(v) for v in values)
 
 
 def _colors(variants: Sequence[str]) -> dict[str, object]:
     """Stable colours: naive grey, aligned black, REPAIR variants tab10 in a fixed order."""
     cycle = itertools.cycle(f"C{i}" for i in range(10))
     out: dict[str, object] = {}
-    for v in [*VARIANTS, *sorted(set(variants) - set(_ORDER))]:
+    for v in [*VARIANTS, *sorted(set(variants) - set(TRIAL_VARIANTS))]:
         out[v] = next(cycle)
     out.update(_FIXED_COLORS)
     return out

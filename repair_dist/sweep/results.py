@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from ..location import TABLES, Location
-from ..repair import VARIANTS
+from ..pipeline import variant_order
 
 SCHEMA_VERSION = "1"
 
@@ -289,9 +289,7 @@ def read_table(
 
 
 def _variant_order(values: Iterable[str]) -> dict[str, int]:
-    known = ["naive", "aligned", *VARIANTS]
-    rest = sorted(v for v in set(values) if v not in known)
-    return {v: i for i, v in enumerate([*known, *rest])}
+    return {v: i for i, v in enumerate(variant_order(values))}
 
 
 def summarize(

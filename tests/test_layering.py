@@ -1,0 +1,146 @@
+"""The house rules of the import graph, checked on the source (no imports executed).
+
+* only ``distributed/`` and ``sweep/`` import Ray; only ``sweep/`` imports MLflow; models and
+  the science modules import neither;
+* no import cycle, between modules or between packages, counting imports inside functions too:
+  a lazy import is allowed to save start-up time (Ray, torchvision, the CLI's subcommands),
+  never to hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "repair_dist"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path) -> set[str]:
+    """Every absolute module name imported anywhere in ``path`` (TYPE_CHECKING blocks aside)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            found.add(target)
+            # ``from . import x`` may name a submodule
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: _imports(p) for m, p in files.items()}
+
+
+GRAPH = _graph()
+MODULES = set(GRAPH)
+
+
+def _internal(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {m: {t for t in targets if t in MODULES and t != m} for m, targets in graph.items()}
+
+
+def _unit(module: str) -> str:
+    """A package directory counts as one unit; a top-level module is its own unit."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := dfs(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := dfs(node)):
+            return cycle
+    return None
+
+
+def _is_package_init(module: str) -> bool:
+    return (PACKAGE.parent / module.replace(".", "/") / "__init__.py").exists()
+
+
+def test_no_import_cycle_between_modules():
+    # A package's __init__ re-exporting its own submodules is not a cycle of design.
+    edges = {
+        m: {t for t in ts if not (_is_package_init(m) and t.startswith(m + "."))}
+        for m, ts in _internal(GRAPH).items()
+    }
+    assert _find_cycle(edges) is None, f"import cycle: {' -> '.join(_find_cycle(edges))}"
+
+
+def test_no_import_cycle_between_packages():
+    edges: dict[str, set[str]] = {}
+    for m, targets in _internal(GRAPH).items():
+        edges.setdefault(_unit(m), set()).update(_unit(t) for t in targets if _unit(t) != _unit(m))
+    assert _find_cycle(edges) is None, f"package cycle: {' -> '.join(_find_cycle(edges))}"
+
+
+def _importers_of(root: str) -> set[str]:
+    return {m for m, ts in GRAPH.items() if any(t == root or t.startswith(root + ".") for t in ts)}
+
+
+@pytest.mark.parametrize(
+    ("library", "allowed"),
+    [("ray", ("repair_dist.distributed", "repair_dist.sweep")), ("mlflow", ("repair_dist.sweep",))],
+)
+def test_only_the_outer_packages_import_ray_and_mlflow(library, allowed):
+    offenders = sorted(m for m in _importers_of(library) if not m.startswith(allowed))
+    assert not offenders, f"{library} imported outside {allowed}: {offenders}"
+
+
+def test_models_know_nothing_of_ray_mlflow_or_the_sweep():
+    forbidden = ("ray", "mlflow", "repair_dist.sweep", "repair_dist.distributed")
+    for m, targets in GRAPH.items():
+        if m.startswith("repair_dist.models"):
+            bad = sorted(t for t in targets if t.startswith(forbidden))
+            assert not bad, f"{m} imports {bad}"
+
+
+def test_the_checker_sees_imports_inside_functions():
+    # Guards the test itself: the executor's lazy import of the Ray pool must be visible.
+    assert "repair_dist.distributed" in GRAPH["repair_dist.passes.executor"]
+    assert _find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
