@@ -4,6 +4,7 @@ The public API (DESIGN.md §3). Science functions take plain modules and dataset
 over data accepts ``workers=N`` (N Ray actors) or an executor, default 1 (in process).
 """
 
+from .collapse import filter_collapse
 from .data import BatchPlan, load_dataset
 from .merge import interpolate
 from .metrics import barriers, collapsed_filters, evaluate, interpolation_curve
@@ -16,6 +17,9 @@ from .perm import (
     permutation_spec,
     weight_matching,
 )
+
+# ``rd.prune`` is the function; the module is ``repair_dist.prune`` (import names from it).
+from .prune import PRUNE_KINDS, measured_sparsity, prune, repair_pruned
 from .repair import VARIANTS, endpoint_statistics, repair
 from .train import train_model
 
@@ -23,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODEL_NAMES",
+    "PRUNE_KINDS",
     "VARIANTS",
     "BatchPlan",
     "activation_matching",
@@ -33,12 +38,16 @@ __all__ = [
     "collapsed_filters",
     "endpoint_statistics",
     "evaluate",
+    "filter_collapse",
     "interpolate",
     "interpolation_curve",
     "load_dataset",
+    "measured_sparsity",
     "permutation_from_stats",
     "permutation_spec",
+    "prune",
     "repair",
+    "repair_pruned",
     "train_model",
     "weight_matching",
 ]
