@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 from .data.batches import BatchPlan, as_plan
 from .execution import Workers
 from .models.norms import ChannelLayerNorm
+from .passes import NORM_EPS
 from .perm.activation import check_same_architecture
 from .perm.spec import PermutationSpec, RepairPoint, permutation_spec
 from .repair import endpoint_statistics, repair
@@ -63,7 +64,7 @@ MASK_SUFFIX = "_prune_mask"
 
 
 def _masks(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    for name, buf in module.named_buffers(recurse=False):
+    for name, buf in module.named_buffers(recurse=False, remove_duplicate=False):
         if name.endswith(MASK_SUFFIX):
             yield name[: -len(MASK_SUFFIX)], buf
 
@@ -98,7 +99,10 @@ def _has_mask_hooks(module: nn.Module) -> bool:
 def set_mask(module: nn.Module, tensor_name: str, keep: torch.Tensor) -> None:
     """Keep only the ``True`` entries of ``module.<tensor_name>``, now and after every change."""
     tensor = getattr(module, tensor_name)
-    keep = keep.to(device=tensor.device, dtype=torch.bool)
+    # own, contiguous storage: named_buffers() skips a tensor registered twice
+    keep = keep.to(device=tensor.device, dtype=torch.bool).clone(
+        memory_format=torch.contiguous_format
+    )
     name = tensor_name + MASK_SUFFIX
     if hasattr(module, name):
         keep = keep & getattr(module, name)  # pruning again never un-prunes
@@ -285,18 +289,28 @@ def reattach_masks(net: nn.Module) -> nn.Module:
 
 
 def _removed_filters(net: nn.Module, rp: RepairPoint) -> torch.Tensor | None:
+    """Filters removed by structured pruning (their bias is masked; unstructured never is)."""
     layer = dict(net.named_modules())[rp.module]
-    mask = getattr(layer, "weight" + MASK_SUFFIX, None)
-    if mask is None:
+    mask = getattr(layer, "bias" + MASK_SUFFIX, None)
+    if mask is None or bool(mask.all()):
         return None
-    removed = ~mask.flatten(1).any(1)
-    return removed if bool(removed.any()) else None
+    return ~mask
 
 
-def _zero_goal(stats: CoMoments, removed: torch.Tensor) -> CoMoments:
-    """Goal statistics with removed filters at mean 0, std 0 (REPAIR leaves them at zero)."""
-    keep = (~removed).to(stats.mean.dtype)
-    return CoMoments(stats.n, stats.mean * keep, stats.cm * keep)
+def _pruning_goal(stats: CoMoments, removed: torch.Tensor | None) -> CoMoments:
+    """The dense net's statistics as REPAIR's goal for the pruned net.
+
+    REPAIR's correction divides by sqrt(var + eps) (BatchNorm's epsilon); the goal variance
+    gets the same eps, so a channel that already has the dense statistics is an exact fixed
+    point (an unpruned net keeps its function). Removed filters get goal mean 0 and std 0, so
+    they stay at zero.
+    """
+    cm = stats.cm + NORM_EPS * stats.n
+    mean = stats.mean
+    if removed is not None:
+        keep = (~removed).to(stats.mean.dtype)
+        mean, cm = mean * keep, cm * keep
+    return CoMoments(stats.n, mean, cm)
 
 
 def check_same_net(pruned: nn.Module, dense: nn.Module) -> None:
@@ -342,9 +356,11 @@ def repair_pruned(
         goal_stats = endpoint_statistics([dense], plan, spec=spec, workers=workers)
     goals = StatsDict(goal_stats.items())
     for rp in spec.repair_points:
-        removed = _removed_filters(pruned, rp)
-        if removed is not None and rp.module in goals:
-            goals[rp.module] = _zero_goal(goals[rp.module], removed.cpu())
+        if rp.norm is None and rp.module in goals:
+            removed = _removed_filters(pruned, rp)
+            goals[rp.module] = _pruning_goal(
+                goals[rp.module], None if removed is None else removed.cpu()
+            )
     out = repair(
         pruned, [dense], [1.0], plan, variant, spec=spec, goal_stats=goals, workers=workers
     )
