@@ -38,14 +38,17 @@ exactly, and :func:`reattach_masks` turns them into masks again.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from .data.batches import BatchPlan, as_plan
-from .execution import Workers
+from .execution import Workers, resolve_executor
+from .metrics import evaluate
 from .models.norms import ChannelLayerNorm
 from .passes import NORM_EPS
 from .perm.activation import check_same_architecture
@@ -367,14 +370,101 @@ def repair_pruned(
     return apply_masks(out)
 
 
+#: Columns of the rows :func:`pruning_rows` returns (DESIGN.md §5 ``pruning`` without the
+#: ``sweep`` and model columns, which the sweep adds).
+PRUNING_COLUMNS = (
+    "endpoint_key",
+    "kind",
+    "sparsity",
+    "variant",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "measured_sparsity",
+    "seconds",
+)
+
+
+def pruning_rows(
+    dense: nn.Module,
+    train: Dataset | BatchPlan,
+    test: Dataset | BatchPlan,
+    *,
+    kinds: Sequence[str] = ("global_l1",),
+    sparsities: Sequence[float] = (0.8, 0.9, 0.95),
+    variants: Sequence[str] = PRUNE_REPAIR_VARIANTS,
+    endpoint_key: str = "",
+    batch_size: int = 500,
+    workers: Workers = 1,
+) -> pd.DataFrame:
+    """Prune ``dense`` at every (kind, sparsity), repair it, and evaluate every variant.
+
+    Variants per (kind, sparsity): ``dense`` (once per kind and sparsity, for plotting),
+    ``pruned`` and ``repaired-<variant>``. ``seconds`` is the time to make that variant
+    (pruning, or pruning plus repair) without evaluation. The dense net's statistics are
+    gathered once and reused by every repair.
+    """
+    for kind in kinds:
+        if kind not in PRUNE_KINDS:
+            raise ValueError(
+                f"unknown pruning kind {kind!r}; choose one of {', '.join(PRUNE_KINDS)}"
+            )
+    for v in variants:
+        if v not in PRUNE_REPAIR_VARIANTS:
+            raise ValueError(
+                f"unknown post-pruning repair variant {v!r}; "
+                f"choose one of {', '.join(PRUNE_REPAIR_VARIANTS)}"
+            )
+    for s in sparsities:
+        if not 0.0 <= float(s) < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1) (got {s!r})")
+    executor = resolve_executor(workers)
+    train_plan, test_plan = as_plan(train, batch_size), as_plan(test, batch_size)
+    spec = permutation_spec(dense)
+    goal_stats = endpoint_statistics([dense], train_plan, spec=spec, workers=executor)
+    rows = []
+
+    def add(net: nn.Module, kind: str, sparsity: float, variant: str, seconds: float) -> None:
+        tr = evaluate(net, train_plan, workers=executor)
+        te = evaluate(net, test_plan, workers=executor)
+        sp = measured_sparsity(net, spec=spec)
+        rows.append(
+            (endpoint_key, kind, float(sparsity), variant)
+            + (tr["loss"], tr["acc"], te["loss"], te["acc"], sp, seconds)
+        )
+
+    dense_eval = None
+    for kind in kinds:
+        for sparsity in sparsities:
+            if dense_eval is None:
+                add(dense, kind, sparsity, "dense", 0.0)
+                dense_eval = rows[-1]
+            else:
+                rows.append((*dense_eval[:1], kind, float(sparsity), *dense_eval[3:]))
+            t0 = time.perf_counter()
+            pruned = prune(dense, sparsity, kind)
+            t_prune = time.perf_counter() - t0
+            add(pruned, kind, sparsity, "pruned", t_prune)
+            for v in variants:
+                t0 = time.perf_counter()
+                net = repair_pruned(
+                    pruned, dense, train_plan, v, goal_stats=goal_stats, workers=executor
+                )
+                add(net, kind, sparsity, f"repaired-{v}", t_prune + time.perf_counter() - t0)
+    return pd.DataFrame(rows, columns=list(PRUNING_COLUMNS))
+
+
 __all__: Sequence[str] = (
     "PRUNE_KINDS",
     "PRUNE_REPAIR_VARIANTS",
+    "PRUNING_COLUMNS",
     "apply_masks",
     "is_pruned",
     "measured_sparsity",
     "prunable_points",
     "prune",
+    "pruning_rows",
     "reattach_masks",
     "repair_pruned",
 )
