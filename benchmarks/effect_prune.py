@@ -48,6 +48,7 @@ def pruning_part(quick: bool) -> pd.DataFrame:
     digits = rd.load_dataset("digits")
     nets = [
         ("mlp-8x64 digits", "mlp", {"depth": 8, "width": 64, "in_shape": (1, 8, 8)}, digits, 30),
+        ("mlp-8x256 digits", "mlp", {"depth": 8, "width": 256, "in_shape": (1, 8, 8)}, digits, 30),
         (
             "vgg11-w0.25-bn digits",
             "vgg",

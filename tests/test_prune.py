@@ -14,7 +14,13 @@ import repair_dist as rd
 from repair_dist.collapse import FILTER_COLUMNS
 from repair_dist.data import BatchPlan
 from repair_dist.merge import interpolate
-from repair_dist.prune import PRUNE_KINDS, prunable_points, reattach_masks
+from repair_dist.prune import (
+    PRUNE_KINDS,
+    PRUNING_COLUMNS,
+    prunable_points,
+    pruning_rows,
+    reattach_masks,
+)
 from repair_dist.repair import endpoint_statistics, fold_affine
 from repair_dist.store import load_checkpoint, save_checkpoint
 
@@ -305,3 +311,29 @@ def test_bad_input_gets_one_readable_line(call, message: str) -> None:
         call()
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_repair_pruned_sharded_equals_in_process(ray_ready, digits: TensorDataset) -> None:
+    dense = mlp()
+    pruned = rd.prune(dense, 0.8, "global_l1")
+    plan = BatchPlan(digits, batch_size=64)
+    local = rd.repair_pruned(pruned, dense, plan, "full")
+    sharded = rd.repair_pruned(pruned, dense, plan, "full", workers=2)
+    for a, b in zip(local.state_dict().values(), sharded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert rd.measured_sparsity(sharded) == rd.measured_sparsity(pruned)
+
+
+def test_pruning_rows_are_the_pruning_table(digits: TensorDataset) -> None:
+    dense = mlp()
+    rows = pruning_rows(dense, digits, digits, sparsities=(0.5, 0.8), endpoint_key="ep")
+    assert tuple(rows.columns) == PRUNING_COLUMNS
+    variants = ["dense", "pruned", "repaired-full", "repaired-rescale", "repaired-reshift"]
+    assert rows.groupby("sparsity")["variant"].apply(list).tolist() == [variants, variants]
+    dense_rows = rows[rows["variant"] == "dense"]
+    assert dense_rows["test_acc"].nunique() == 1 and (dense_rows["measured_sparsity"] == 0).all()
+    pruned = rows[rows["variant"] != "dense"]
+    total = sum(w.numel() for w in layer_weights(dense))
+    want = pruned["sparsity"].map(lambda s: round(s * total) / total)
+    assert (pruned["measured_sparsity"] == want).all()
+    assert (rows["endpoint_key"] == "ep").all()
