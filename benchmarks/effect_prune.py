@@ -17,6 +17,7 @@ and prints the tables. CPU, one thread, digits (and Fashion-MNIST when it is on 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ SPARSITIES = (0.8, 0.9, 0.95)
 
 
 def train(name: str, cfg: dict, data, *, epochs: int, seed: int = 0, **opt) -> torch.nn.Module:
+    torch.manual_seed(seed)  # the init, so every net is reproducible from its seed alone
     net = rd.build_model(name, **cfg)
     revived: list[float] = []
     rd.train_model(
@@ -81,7 +83,7 @@ def pruning_part(quick: bool) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def collapse_part(quick: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collapse_part(quick: bool, seeds: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     tr, te = rd.load_dataset("digits")
     recipes = [
         ("sgd lr 0.03", {"optimizer": "sgd", "lr": 0.03}),
@@ -91,25 +93,24 @@ def collapse_part(quick: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
         ("adam lr 1e-2", {"optimizer": "adam", "lr": 1e-2}),
     ]
     frames, summary = [], []
-    for norm in ("bn", "psbn"):
-        for label, opt in recipes:
-            cfg = {"depth": 11, "width": 0.25, "norm": norm, "in_shape": (1, 8, 8)}
-            net = train("vgg", cfg, tr, epochs=3 if quick else 30, **opt)
-            key = f"{norm} {label}"
-            rows = rd.filter_collapse(net, tr, endpoint_key=key)
-            frames.append(rows)
-            summary.append(
-                {
-                    "net": key,
-                    "test_acc": rd.evaluate(net, te)["acc"],
-                    "channels": int(rows["channels"].sum()),
-                    "collapsed": int(rows["collapsed"].sum()),
-                    "dead": int(rows["dead"].sum()),
-                    "psbn_resets_total": int(sum(net.revived_per_epoch)),
-                    "gamma_abs_median": float(rows["gamma_abs_median"].median()),
-                }
-            )
-            print(f"{key}: {summary[-1]}")
+    for norm, (label, opt), seed in itertools.product(("bn", "psbn"), recipes, seeds):
+        cfg = {"depth": 11, "width": 0.25, "norm": norm, "in_shape": (1, 8, 8)}
+        net = train("vgg", cfg, tr, epochs=3 if quick else 30, seed=seed, **opt)
+        key = f"{norm} {label} seed {seed}"
+        rows = rd.filter_collapse(net, tr, endpoint_key=key)
+        frames.append(rows)
+        summary.append(
+            {
+                "net": key,
+                "test_acc": rd.evaluate(net, te)["acc"],
+                "channels": int(rows["channels"].sum()),
+                "collapsed": int(rows["collapsed"].sum()),
+                "dead": int(rows["dead"].sum()),
+                "psbn_resets_total": int(sum(net.revived_per_epoch)),
+                "gamma_abs_median": float(rows["gamma_abs_median"].median()),
+            }
+        )
+        print(f"{key}: {summary[-1]}")
     return pd.concat(frames, ignore_index=True), pd.DataFrame(summary)
 
 
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 epochs per net (a smoke run)")
     ap.add_argument("--out", default="bench_results/effect_prune")
     ap.add_argument("--part", choices=("all", "pruning", "collapse"), default="all")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="collapse part")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -131,14 +133,15 @@ def main() -> None:
         )[["dense", "pruned", "repaired-full", "repaired-rescale", "repaired-reshift"]]
         print("\nTest accuracy (global_l1):\n" + (100 * table).round(1).to_string())
     if args.part in ("all", "collapse"):
-        filters, summary = collapse_part(args.quick)
+        filters, summary = collapse_part(args.quick, args.seeds)
         filters.to_csv(out / "filters.csv", index=False)
         summary.to_csv(out / "filters_summary.csv", index=False)
         print("\nFilter collapse (VGG11 w0.25, digits):\n" + summary.to_string(index=False))
-        per_layer = filters.pivot_table(
-            index="layer", columns="endpoint_key", values=["collapsed", "dead"], sort=False
-        )
-        print("\nPer layer:\n" + per_layer.to_string())
+        for col in ("collapsed", "dead"):
+            per_layer = filters.pivot_table(
+                index="endpoint_key", columns="layer", values=col, sort=False
+            )
+            print(f"\n{col} per layer:\n" + per_layer.astype(int).to_string())
 
 
 if __name__ == "__main__":
