@@ -168,6 +168,11 @@ def test_no_later_step_brings_back_a_pruned_weight(digits: TensorDataset) -> Non
     for net in (pruned, merged, copied):
         for zero, now in zip(pattern, zero_pattern(net), strict=True):
             assert now[zero].all()
+    # a write behind the hooks' back is still saved as zero
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    saved = pruned.state_dict()[prunable_points(pruned)[0].module + ".weight"]
+    assert (saved[pattern[0]] == 0).all() and (saved[~pattern[0]] == 1).all()
     # the interpolated net's unpruned weights did move
     assert not torch.equal(layer_weights(merged)[1], layer_weights(pruned)[1])
 
