@@ -10,8 +10,8 @@ ReLU on the train data) filters per layer, plus test accuracy.
 
     PYTHONPATH=$PWD python benchmarks/effect_prune.py [--quick] [--out DIR]
 
-Writes ``pruning.csv`` and ``filters.csv`` (plus ``filters_summary.csv``) under ``--out``
-and prints the tables. CPU, one thread, digits (and Fashion-MNIST when it is on this machine).
+Prints the tables; with ``--out DIR`` also writes ``pruning.csv``, ``filters.csv`` and
+``filters_summary.csv`` there (the rows of the ``pruning`` and ``filters`` tables). CPU, one thread, digits (and Fashion-MNIST when it is on this machine).
 """
 
 from __future__ import annotations
@@ -117,25 +117,28 @@ def collapse_part(quick: bool, seeds: list[int]) -> tuple[pd.DataFrame, pd.DataF
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 epochs per net (a smoke run)")
-    ap.add_argument("--out", default="bench_results/effect_prune")
+    ap.add_argument("--out", default=None, help="directory for the CSVs (default: print only)")
     ap.add_argument("--part", choices=("all", "pruning", "collapse"), default="all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="collapse part")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.width", 200)
     if args.part in ("all", "pruning"):
         rows = pruning_part(args.quick)
-        rows.to_csv(out / "pruning.csv", index=False)
+        if out is not None:
+            rows.to_csv(out / "pruning.csv", index=False)
         table = rows.pivot_table(
             index=["endpoint_key", "sparsity"], columns="variant", values="test_acc"
         )[["dense", "pruned", "repaired-full", "repaired-rescale", "repaired-reshift"]]
         print("\nTest accuracy (global_l1):\n" + (100 * table).round(1).to_string())
     if args.part in ("all", "collapse"):
         filters, summary = collapse_part(args.quick, args.seeds)
-        filters.to_csv(out / "filters.csv", index=False)
-        summary.to_csv(out / "filters_summary.csv", index=False)
+        if out is not None:
+            filters.to_csv(out / "filters.csv", index=False)
+            summary.to_csv(out / "filters_summary.csv", index=False)
         print("\nFilter collapse (VGG11 w0.25, digits):\n" + summary.to_string(index=False))
         for col in ("collapsed", "dead"):
             per_layer = filters.pivot_table(
