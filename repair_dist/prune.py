@@ -38,6 +38,7 @@ exactly, and :func:`reattach_masks` turns them into masks again.
 from __future__ import annotations
 
 import copy
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 
@@ -170,7 +171,7 @@ def measured_sparsity(
 def _check_prune_args(net: nn.Module, sparsity: float, kind: str, points) -> None:
     if kind not in PRUNE_KINDS:
         raise ValueError(f"unknown pruning kind {kind!r}; choose one of {', '.join(PRUNE_KINDS)}")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
         raise TypeError(f"sparsity must be a number in [0, 1) (got {sparsity!r})")
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1) (got {sparsity!r})")
