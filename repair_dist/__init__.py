@@ -4,6 +4,7 @@ The public API (DESIGN.md §3). Science functions take plain modules and dataset
 over data accepts ``workers=N`` (N Ray actors) or an executor, default 1 (in process).
 """
 
+from .collapse import filter_collapse
 from .curves import KINDS as CURVE_KINDS
 from .curves import Curve, curve_barriers, curve_profile, fit_curve
 from .data import BatchPlan, load_dataset
@@ -19,6 +20,9 @@ from .perm import (
     weight_matching,
 )
 from .pipeline import alpha_grid, interpolation_curve, merge_trial
+
+# ``rd.prune`` is the function; the module is ``repair_dist.prune`` (import names from it).
+from .prune import PRUNE_KINDS, measured_sparsity, prune, repair_pruned
 from .repair import VARIANTS, endpoint_statistics, repair
 from .train import train_model
 
@@ -27,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CURVE_KINDS",
     "MODEL_NAMES",
+    "PRUNE_KINDS",
     "VARIANTS",
     "BatchPlan",
     "Curve",
@@ -41,14 +46,18 @@ __all__ = [
     "curve_profile",
     "endpoint_statistics",
     "evaluate",
+    "filter_collapse",
     "fit_curve",
     "interpolate",
     "interpolation_curve",
     "load_dataset",
+    "measured_sparsity",
     "merge_trial",
     "permutation_from_stats",
     "permutation_spec",
+    "prune",
     "repair",
+    "repair_pruned",
     "train_model",
     "weight_matching",
 ]

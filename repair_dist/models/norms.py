@@ -22,13 +22,17 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x)
 
 
-class PostShiftedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose collapsed filters are revived (Zhou et al. 2020, post-shifted BN).
+class RevivingBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm that re-initialises collapsed channels at epoch end (norm name ``psbn``).
 
-    With BN + ReLU at large learning rates, a filter whose scale falls to ~0 (or whose shifted
-    output is negative everywhere) never recovers. ``revive_collapsed`` resets those channels'
-    scale to the layer's median scale and their shift to zero, so training can use them again;
-    the training loop calls it at the end of every epoch. Otherwise identical to BatchNorm.
+    NOT the post-shifted BN of Zhou et al. 2020 (arXiv 2001.11216): only that paper's abstract
+    is available offline, which says psBN "has the same representation ability as BN while
+    being able to automatically make BN parameters trainable again as they saturate", but not
+    how. This is a stand-in heuristic under the ``psbn`` name: with BN + ReLU at large learning
+    rates, a channel whose scale falls to ~0 never recovers, so ``revive_collapsed`` resets
+    the scale of channels with |gamma| < ``threshold`` to the layer's median |gamma| and their
+    shift to zero; the training loop calls it at the end of every epoch. Unlike psBN, this
+    changes the function. Otherwise identical to BatchNorm.
     """
 
     def __init__(self, num_features: int, threshold: float = 1e-2) -> None:
@@ -66,7 +70,7 @@ NORM_KINDS: dict[str, NormKind] = {
     "bn": NormKind(lambda c, conv: nn.BatchNorm2d(c) if conv else nn.BatchNorm1d(c), True),
     "ln": NormKind(lambda c, conv: ChannelLayerNorm(c), False),
     "none": NormKind(lambda c, conv: None, False),
-    "psbn": NormKind(lambda c, conv: PostShiftedBatchNorm(c), True),
+    "psbn": NormKind(lambda c, conv: RevivingBatchNorm(c), True),
 }
 NORMS: tuple[str, ...] = tuple(NORM_KINDS)
 

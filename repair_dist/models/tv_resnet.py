@@ -38,7 +38,7 @@ class TorchvisionResNet(TVResNet):
     ``norm="bn"`` and ``width=1`` the module tree, key names and shapes are torchvision's, so
     its checkpoints load with ``strict=True``.
 
-    Other norms go in through torchvision's ``norm_layer`` (ChannelLayerNorm, PostShiftedBN or
+    Other norms go in through torchvision's ``norm_layer`` (ChannelLayerNorm, RevivingBatchNorm for psbn, or
     Identity), and then every conv gets a zero bias: REPAIR folds its correction into it.
     Every ReLU is made non-inplace: hooks that observe a norm's output (``Probe(relu=True)``)
     then see a tensor that the block's shared ReLU does not overwrite afterwards.
