@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .location import TABLES
+
 #: Results root: ``$REPAIR_DIST_STORE`` (set on cluster nodes by cluster.yaml) or ./results.
 DEFAULT_ROOT = os.environ.get("REPAIR_DIST_STORE", "results")
 #: MLflow: ``$MLFLOW_TRACKING_URI`` (the head's store on clusters) or sqlite under the root.
@@ -200,6 +202,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.duckdb:
         print(results.DUCKDB_EXAMPLE)
         return 0
+    if args.table != "trials":
+        return _show_table(args)
     trials = results.read_table(args.root, "trials", args.sweep)
     if trials.empty:
         raise UsageError(
@@ -209,6 +213,32 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(results.format_table(trials, args.format))
         return 0
     print(results.format_table(results.summarize(trials, args.group_by), args.format))
+    return 0
+
+
+def _show_table(args: argparse.Namespace) -> int:
+    """``results --table pruning|filters|curves|...``: rows, or a mean/std summary.
+
+    ``pruning`` is summarised by default (mean and std over endpoints per net, kind,
+    sparsity and variant); ``--group-by`` summarises any table by the given columns;
+    ``--raw`` (and every other table by default) prints the rows.
+    """
+    from .sweep import results
+
+    frame = results.read_table(args.root, args.table, args.sweep)
+    if frame.empty:
+        where = f" for sweep {args.sweep!r}" if args.sweep else ""
+        raise UsageError(f"no {args.table} rows under {args.root!r}{where}")
+    group = args.group_by
+    if group is None and args.table == "pruning" and not args.raw:
+        group = [*results.DEFAULT_GROUP_BY, "kind", "sparsity", "variant"]
+    if group is None or args.raw:
+        print(results.format_table(frame, args.format))
+        return 0
+    bad = [c for c in group if c not in frame.columns]
+    if bad:
+        raise UsageError(f"{args.table} has no column(s) {', '.join(bad)}")
+    print(results.format_table(results.describe(frame, group), args.format))
     return 0
 
 
@@ -347,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", nargs="+")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"))
     p.add_argument("--raw", action="store_true", help="every trial row, not the summary")
+    p.add_argument(
+        "--table",
+        default="trials",
+        choices=TABLES,
+        help="which results table (default trials; pruning, filters, curves, ... too)",
+    )
     p.add_argument("--duckdb", action="store_true", help="print an equivalent DuckDB query")
     p.set_defaults(func=cmd_results)
 

@@ -30,6 +30,7 @@ from ..pipeline import METHODS, TRIAL_VARIANTS, alpha_grid
 from ..repair import VARIANTS
 from ..store import CheckpointStore, canonical_json
 from .results import TRIAL_ID_COLUMNS
+from .studies import STUDIES, CurveConfig, PruningConfig, StudySpec
 
 #: Reported for every trial without being asked for (DESIGN.md §5).
 #: The two baselines every trial reports (not REPAIR variants): see pipeline.TRIAL_VARIANTS.
@@ -127,6 +128,11 @@ def build_kwargs(
 # --------------------------------------------------------------------------------------------
 
 
+#: Endpoint fields added after keys were first issued, with the default that keeps them out
+#: of the key (so every existing checkpoint, trial and result keeps its key).
+_KEY_DEFAULTS: dict[str, Any] = {"optimizer": "sgd"}
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     """One net to train (stage 1): everything that determines its weights, and nothing else.
@@ -148,6 +154,9 @@ class EndpointConfig:
     data_limit: int | None = None
     #: > 1: data-parallel training on that many Ray Train workers (TorchTrainer, DDP).
     train_workers: int = 1
+    #: ``train_model``'s optimizer (``sgd`` | ``adam``). Left out of the key at its default,
+    #: so endpoints keyed before the field existed keep their keys.
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if is_number(self.width):
@@ -166,7 +175,16 @@ class EndpointConfig:
 
     def key(self) -> str:
         """Content key of the trained net (includes the store's CODE_VERSION)."""
-        return CheckpointStore.endpoint_key(asdict(self))
+        return CheckpointStore.endpoint_key(self.key_fields())
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that make the key: every field, less those still at a default that
+        was added after keys were first issued (see :data:`_KEY_DEFAULTS`)."""
+        d = asdict(self)
+        for name, default in _KEY_DEFAULTS.items():
+            if d.get(name) == default:
+                d.pop(name)
+        return d
 
     def params(self) -> dict[str, Any]:
         """Flat description for MLflow params and the ``endpoints`` table."""
@@ -193,7 +211,8 @@ class TrialSpec:
 
     def key(self) -> str:
         """16 hex of sha256 over every field (endpoints included) and CODE_VERSION."""
-        payload = canonical_json({"trial": asdict(self), "code_version": _store.CODE_VERSION})
+        trial = {**asdict(self), "a": self.a.key_fields(), "b": self.b.key_fields()}
+        payload = canonical_json({"trial": trial, "code_version": _store.CODE_VERSION})
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def params(self) -> dict[str, Any]:
@@ -295,8 +314,22 @@ class Sweep:
     max_concurrent_trials: int | None = None
     #: bf16 autocast (channels-last on GPU) in the trials' pass workers; float64 statistics.
     amp: bool = False
+    #: Endpoint training optimizer (``sgd`` | ``adam``); ``lr`` None takes its default.
+    optimizer: str = "sgd"
+    #: Activation matching of residual streams: ``output`` (the stage output only, the REPAIR
+    #: code's mode) or ``sum`` (correlations summed over every block output, Tatro et al.).
+    #: Part of every trial's key and a column of the ``trials`` table.
+    residual: str = "output"
+    #: Mode-connectivity curves (issue 10): one curve trial per pair; None: off.
+    curve: CurveConfig | None = None
+    #: Pruning with post-pruning repair (issue 11): one pruning unit per endpoint; None: off.
+    pruning: PruningConfig | None = None
 
     def __post_init__(self) -> None:
+        for study in STUDIES.values():  # a mapping (YAML, JSON, a dict) becomes the config
+            value = getattr(self, study.field)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, study.field, study.config_type.from_mapping(value))
         archs = self.archs
         if isinstance(archs, ArchGrid):
             archs = (archs,)
@@ -334,6 +367,7 @@ class Sweep:
             lr=self.lr,
             data_limit=self.data_limit,
             train_workers=self.train_workers,
+            optimizer=self.optimizer,
         )
 
     def endpoints(self) -> list[EndpointConfig]:
@@ -357,10 +391,26 @@ class Sweep:
                     b = self._endpoint(arch.model, width, depth, norm, seed_b)
                     for method in self.methods:
                         spec = TrialSpec(
-                            self.name, a, b, method, self.variants, alphas, amp=self.amp
+                            self.name,
+                            a,
+                            b,
+                            method,
+                            self.variants,
+                            alphas,
+                            residual=self.residual,
+                            amp=self.amp,
                         )
                         out[spec] = None
         return list(out)
+
+    def study_trials(self) -> list[StudySpec]:
+        """Every stage-2 unit of the sweep's studies (curves, pruning, ...), in registry order."""
+        out: list[StudySpec] = []
+        for study in STUDIES.values():
+            config = getattr(self, study.field)
+            if config is not None:
+                out += study.specs(config, self)
+        return out
 
     # -- (de)serialisation -----------------------------------------------------------------
 
@@ -416,9 +466,18 @@ class Sweep:
             if bad or missing:
                 continue
             archs.append(ArchGrid(**{k: _tuple(v) for k, v in entry.items()}))
+        studies = {s.field: s for s in STUDIES.values()}
+        for field, study in studies.items():
+            value = d.get(field)
+            if value is not None and not isinstance(value, (Mapping, study.config_type)):
+                got = type(value).__name__
+                problems.append(f"{field}: expected a mapping of settings or null, got {got}")
+            elif isinstance(value, Mapping):
+                problems += study.config_type.key_problems(value, field)
         if problems:
             raise SweepConfigError(problems, d.get("name"))
-        kwargs = {k: _tuple(v) for k, v in d.items() if k != "archs"}
+        kwargs = {k: _tuple(v) for k, v in d.items() if k not in ("archs", *studies)}
+        kwargs.update({k: d[k] for k in studies if k in d})
         return cls(archs=tuple(archs), **kwargs)
 
 
@@ -431,6 +490,9 @@ def _unknown_key(key: str, known: Sequence[str], prefix: str = "") -> str:
 __all__ = [
     "ALWAYS_REPORTED",
     "ArchGrid",
+    "CurveConfig",
+    "PruningConfig",
+    "StudySpec",
     "EndpointConfig",
     "Sweep",
     "SweepConfigError",

@@ -98,7 +98,12 @@ def _slug(*parts: object) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def plot_trial_curves(curves_df: pd.DataFrame, path: str | os.PathLike, title: str = "") -> str:
+def plot_trial_curves(
+    curves_df: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str = "",
+    xlabel: str = "alpha (0 = A, 1 = aligned B)",
+) -> str:
     """Loss and accuracy vs alpha, one colour per variant, test solid and train dashed.
 
     ``curves_df`` holds one trial's rows of the ``curves`` table (variant, alpha, split, loss,
@@ -131,10 +136,48 @@ def plot_trial_curves(curves_df: pd.DataFrame, path: str | os.PathLike, title: s
                     marker=".",
                     label=variant if split == "test" else None,
                 )
-        ax.set_xlabel("alpha (0 = A, 1 = aligned B)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
     _legend(fig, axes[0], "variant (test solid, train dashed)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_pruning(pruning_df: pd.DataFrame, path: str | os.PathLike, title: str = "") -> str:
+    """Test accuracy vs sparsity, one line per variant (dense, pruned, repaired-*), one panel
+    per pruning kind; ``pruning_df`` holds one unit's rows of the ``pruning`` table."""
+    need = ("kind", "sparsity", "variant", "test_acc")
+    _require(pruning_df, need, "plot_pruning")
+    if pruning_df.empty:
+        raise ValueError("plot_pruning: no pruning rows to draw")
+    kinds = list(dict.fromkeys(pruning_df["kind"]))
+    fig, axes = _figure(len(kinds))
+    cycle = itertools.cycle(f"C{i}" for i in range(10))
+    variants = sorted(set(pruning_df["variant"]), key=lambda v: (v != "dense", v != "pruned", v))
+    colors = {
+        v: ("black" if v == "dense" else "0.55" if v == "pruned" else next(cycle)) for v in variants
+    }
+    for ax, kind in zip(axes, kinds, strict=True):
+        part = pruning_df[pruning_df["kind"] == kind]
+        for variant in variants:
+            rows = part[part["variant"] == variant].sort_values("sparsity")
+            if rows.empty:
+                continue
+            ax.plot(
+                rows["sparsity"].to_numpy(float),
+                rows["test_acc"].to_numpy(float),
+                color=colors[variant],
+                marker="o",
+                linestyle="--" if variant == "dense" else "-",
+                label=variant,
+            )
+        ax.set_title(kind)
+        ax.set_xlabel("sparsity (of the prunable weights)")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    _legend(fig, axes[0], "variant")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -261,4 +304,4 @@ def plot_sweep(trials_df: pd.DataFrame, out_dir: str | os.PathLike) -> list[str]
     return written
 
 
-__all__ = ["DIMENSIONS", "SWEEP_METRICS", "plot_sweep", "plot_trial_curves"]
+__all__ = ["DIMENSIONS", "SWEEP_METRICS", "plot_pruning", "plot_sweep", "plot_trial_curves"]

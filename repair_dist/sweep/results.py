@@ -1,7 +1,7 @@
 """Sweep results as Parquet tables (DESIGN.md §5): explicit schemas, one file per trial.
 
 Layout: ``<root>/<table>/sweep=<sweep>/<key>.parquet`` for the tables ``endpoints``,
-``trials``, ``curves`` and ``layers``. ``root`` is a local path, any pyarrow URI
+``trials``, ``curves``, ``layers``, ``pruning`` and ``filters``. ``root`` is a local path, any pyarrow URI
 (``s3://...``, ``gs://...``) or a :class:`~repair_dist.location.Location`, which owns the layout. Each file is written under a temporary name starting with ``.``
 (which Parquet readers, pyarrow and DuckDB skip) and then renamed, so a rerun of a trial
 replaces its file and rows are never duplicated.
@@ -35,7 +35,10 @@ from pyarrow import fs as pafs
 from ..location import TABLES, Location
 from ..pipeline import variant_order
 
-SCHEMA_VERSION = "1"
+#: Version 2 added the optional ``trials`` columns ``residual``, ``curve_kind``,
+#: ``curve_epochs`` and ``curve_seconds`` and the ``pruning`` and ``filters`` tables. Version-1
+#: files still read: :func:`read_table` fills the columns a file lacks with nulls.
+SCHEMA_VERSION = "2"
 
 _S, _F, _I = pa.string(), pa.float64(), pa.int64()
 
@@ -88,6 +91,11 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("seconds", _F, True),
         ("seed_a", _I, False),
         ("seed_b", _I, False),
+        # schema 2: the activation-matching mode for residual streams, and curve trials
+        ("residual", _S, False),
+        ("curve_kind", _S, False),
+        ("curve_epochs", _I, False),
+        ("curve_seconds", _F, False),
     ],
     "curves": [
         ("trial_key", _S, True),
@@ -108,6 +116,30 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("std_ratio", _F, True),
         ("mean_shift", _F, True),
         *_id_columns(required=False),
+    ],
+    "pruning": [
+        ("endpoint_key", _S, True),
+        *_id_columns(required=True),
+        ("seed", _I, False),
+        ("kind", _S, True),
+        ("sparsity", _F, True),
+        ("variant", _S, True),  # dense | pruned | repaired-<variant>
+        ("train_loss", _F, True),
+        ("train_acc", _F, True),
+        ("test_loss", _F, True),
+        ("test_acc", _F, True),
+        ("measured_sparsity", _F, True),
+        ("seconds", _F, True),
+    ],
+    "filters": [
+        ("endpoint_key", _S, True),
+        ("layer", _S, True),
+        ("channels", _I, True),
+        ("collapsed", _I, True),
+        ("dead", _I, True),
+        ("gamma_abs_median", _F, True),
+        *_id_columns(required=False),
+        ("seed", _I, False),
     ],
 }
 
@@ -325,6 +357,22 @@ def summarize(
     return out.drop(columns="_v").reset_index(drop=True)[out_cols]
 
 
+def describe(frame: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
+    """Any results table summarised: n, then mean and sample std of every numeric column
+    per ``group_by`` group (null keys form their own group), in group order."""
+    keys = list(group_by)
+    numeric = [
+        c
+        for c in frame.columns
+        if c not in keys and c != "seed" and pd.api.types.is_numeric_dtype(frame[c])
+    ]
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    stats = grouped[numeric].agg(["mean", "std"])
+    stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+    stats.insert(0, "n", grouped.size())
+    return stats.reset_index()
+
+
 def _fmt_number(x: object) -> str:
     if x is None or x is pd.NA or x is pd.NaT or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -369,6 +417,7 @@ __all__ = [
     "SUMMARY_METRICS",
     "TABLES",
     "TRIAL_ID_COLUMNS",
+    "describe",
     "format_table",
     "read_table",
     "summarize",

@@ -35,6 +35,7 @@ from ..location import Location  # noqa: E402
 from ..store import CheckpointStore  # noqa: E402
 from . import results  # noqa: E402
 from .config import Sweep, TrialSpec  # noqa: E402
+from .studies import StudySpec, study  # noqa: E402
 from .tracking import (  # noqa: E402
     Tracker,
     TrackingUnavailable,
@@ -43,11 +44,14 @@ from .tracking import (  # noqa: E402
     trial_artifacts,
 )
 from .trainables import (  # noqa: E402
+    endpoint_filters,
     endpoint_trainable,
     merge_trainable,
+    study_trainable,
     train_endpoint,
     trial_from_dict,
     trial_to_dict,
+    write_endpoint_rows,
 )
 from .validation import validate_sweep  # noqa: E402
 
@@ -70,6 +74,9 @@ class SweepOutcome:
     trials_run: int
     trials_reused: int
     seconds: float
+    #: Units of the sweep's studies (curves, pruning) computed now, and found finished.
+    studies_run: int = 0
+    studies_reused: int = 0
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     mlflow_problems: list[str] = field(default_factory=list)
 
@@ -122,7 +129,10 @@ class TrialPublisher(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks
         return {**self.__dict__, "_queue": None, "_thread": None}
 
-    def publish(self, spec: TrialSpec) -> None:
+    def publish(self, spec: TrialSpec | StudySpec) -> None:
+        if isinstance(spec, StudySpec):
+            self._publish_study(spec)
+            return
         try:
             plot_trial(self.root, spec)
         except Exception as err:  # a figure must never fail a sweep
@@ -131,6 +141,19 @@ class TrialPublisher(tune.Callback):
             return
         try:
             log_trial_to_mlflow(self.tracker, self.root, spec)
+        except TrackingUnavailable as err:
+            self.problems.append(str(err))
+            log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
+
+    def _publish_study(self, spec: StudySpec) -> None:
+        try:
+            plot_study(self.root, spec)
+        except Exception as err:  # a figure must never fail a sweep
+            log.warning("plot of %s unit %s failed: %s", spec.study, spec.key(), err)
+        if self.tracker is None:
+            return
+        try:
+            log_study_to_mlflow(self.tracker, self.root, spec)
         except TrackingUnavailable as err:
             self.problems.append(str(err))
             log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
@@ -145,7 +168,11 @@ class TrialPublisher(tune.Callback):
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
             self._thread.start()
-        self._queue.put(trial_from_dict(trial.config["trial"]))
+        config = trial.config
+        if "study" in config:
+            self._queue.put(StudySpec.from_dict(config["study"]))
+        else:
+            self._queue.put(trial_from_dict(config["trial"]))
 
     def drain(self) -> None:
         """Wait until every queued trial is plotted and logged."""
@@ -188,6 +215,68 @@ def log_trial_to_mlflow(tracker: Tracker, root: RootLike, spec: TrialSpec) -> st
     artifacts = trial_artifacts(root, spec.sweep, spec.key())
     key = spec.key()
     return tracker.log_trial(key, spec.params(), rows, curves, artifacts, run_name=spec.run_name())
+
+
+def _study_frames(root: RootLike, spec: StudySpec) -> dict[str, pd.DataFrame]:
+    """One study unit's rows of every table it writes (its own files only)."""
+    import pyarrow.parquet as pq
+
+    loc = Location.of(root)
+    frames = {}
+    for table in study(spec.study).tables:
+        path = loc.table_file(table, spec.sweep, spec.key())
+        frames[table] = pq.read_table(path, filesystem=loc.fs).to_pandas()
+    return frames
+
+
+def plot_study(root: RootLike, spec: StudySpec) -> str | None:
+    """The unit's figure beside the tables (local roots; else no file)."""
+    root = Location.of(root)
+    if not root.local:
+        return None
+    path = root.plot_file(spec.sweep, spec.key())
+    if not os.path.exists(path):
+        title = f"{spec.sweep}: {spec.run_name()}"
+        study(spec.study).plot(_study_frames(root, spec), path, title)
+    return path
+
+
+def study_artifacts(root: RootLike, spec: StudySpec) -> list[str]:
+    """A unit's files for its MLflow run: its Parquet files and its plot (local roots)."""
+    loc = Location.of(root)
+    if not loc.local:
+        return []
+    paths = [loc.table_file(t, spec.sweep, spec.key()) for t in study(spec.study).tables]
+    return [p for p in [*paths, loc.plot_file(spec.sweep, spec.key())] if os.path.isfile(p)]
+
+
+def log_study_to_mlflow(tracker: Tracker, root: RootLike, spec: StudySpec) -> str:
+    """The unit's child run (tag ``trial_key``, like a merge trial's; tag ``study``)."""
+    metrics, steps = study(spec.study).mlflow(_study_frames(root, spec))
+    run_id, _ = tracker._log_child(
+        "trial_key",
+        spec.key(),
+        spec.params(),
+        metrics,
+        steps,
+        study_artifacts(root, spec),
+        spec.run_name(),
+        {"study": spec.study},
+    )
+    return run_id
+
+
+def finished_studies(root: RootLike, specs: Sequence[StudySpec]) -> set[str]:
+    """Keys of the units whose last table file exists (written last, so it marks them done)."""
+    import pyarrow.fs as pafs
+
+    loc = Location.of(root)
+    done = set()
+    for spec in specs:
+        path = loc.table_file(study(spec.study).tables[-1], spec.sweep, spec.key())
+        if loc.fs.get_file_info(path).type == pafs.FileType.File:
+            done.add(spec.key())
+    return done
 
 
 def finished_trials(root: RootLike, sweep: str) -> set[str]:
@@ -317,10 +406,15 @@ def run_sweep(
             f"sweep {sweep.name!r}: {len(missing)} of {len(endpoints)} endpoints did not train "
             f"(interrupted or failed; see {loc.tune}). Rerun the same command to resume."
         )
+    rows = results.read_table(loc, "filters", sweep.name, columns=["endpoint_key"])
+    with_filters = set(rows["endpoint_key"].astype(str))
     for ep in endpoints:  # endpoints trained by another sweep still get this sweep's row
         if ep.key() not in written:
             row = train_endpoint(ep, ckpts, sweep.data_root)
-            results.write_rows(loc, "endpoints", sweep.name, ep.key(), pd.DataFrame([row]))
+            write_endpoint_rows(loc, sweep.name, ep, row, ckpts, sweep.data_root)
+        elif ep.key() not in with_filters:  # recorded before the filters table existed
+            filters = endpoint_filters(ep, ckpts, sweep.data_root)
+            results.write_rows(loc, "filters", sweep.name, ep.key(), filters)
 
     # ---- stage 2: merge trials --------------------------------------------------------------
     trials = sweep.trials()
@@ -351,6 +445,39 @@ def run_sweep(
             max_failures=max_failures,
         )
     publisher.drain()
+
+    # ---- stage 2, studies: curves, pruning, ... (one unit each, like a merge trial) -----------
+    units = sweep.study_trials()
+    units_done = finished_studies(loc, units)
+    units_pending = [u for u in units if u.key() not in units_done]
+    if units_pending:
+        _say(f"[{sweep.name}] studies: {len(units_pending)} of {len(units)} units to run")
+        fn = tune.with_parameters(
+            study_trainable,
+            store=ckpts,
+            root=loc,
+            data_root=sweep.data_root,
+            workers=sweep.workers_per_trial,
+            cpus=sweep.cpus_per_worker,
+            amp=sweep.amp,
+        )
+        _fit(
+            fn,
+            f"{sweep.name}-studies",
+            "study",
+            [u.to_dict() for u in units_pending],
+            _trial_resources(sweep),
+            root=loc,
+            callbacks=[Progress("studies", len(units_pending)), publisher],
+            sweep=sweep,
+            verbose=verbose,
+            max_failures=max_failures,
+        )
+    publisher.drain()
+    units_done = finished_studies(loc, units)
+    units_unfinished = [u for u in units if u.key() not in units_done]
+    _catch_up_studies(loc, [u for u in units if u.key() in units_done], tracker, publisher)
+
     done = finished_trials(loc, sweep.name)
     unfinished = [t for t in trials if t.key() not in done]
     for spec in trials:  # finished by an earlier, interrupted run: plot what is missing
@@ -366,11 +493,13 @@ def run_sweep(
             tracker.finish("FAILED" if unfinished else "FINISHED")  # the parent run's status
         except TrackingUnavailable as err:
             publisher.problems.append(str(err))
-    if unfinished:
-        names = ", ".join(t.run_name() for t in unfinished[:5])
+    if unfinished or units_unfinished:
+        everything = [*trials, *units]
+        names = ", ".join(t.run_name() for t in [*unfinished, *units_unfinished][:5])
+        n_unfinished = len(unfinished) + len(units_unfinished)
         raise SweepIncomplete(
-            f"sweep {sweep.name!r}: {len(unfinished)} of {len(trials)} trials did not finish "
-            f"({names}{', ...' if len(unfinished) > 5 else ''}); interrupted or failed, see "
+            f"sweep {sweep.name!r}: {n_unfinished} of {len(everything)} trials did not finish "
+            f"({names}{', ...' if n_unfinished > 5 else ''}); interrupted or failed, see "
             f"{loc.tune}. Rerun the same command to resume: finished work is kept."
         )
     table = results.read_table(loc, "trials", sweep.name)
@@ -383,9 +512,32 @@ def run_sweep(
         trials_run=len(pending),
         trials_reused=len(trials) - len(pending),
         seconds=time.monotonic() - started,
+        studies_run=len(units_pending),
+        studies_reused=len(units) - len(units_pending),
         summary=results.summarize(table) if not table.empty else table,
         mlflow_problems=publisher.problems,
     )
+
+
+def _catch_up_studies(
+    loc: Location, finished: Sequence[StudySpec], tracker: Tracker | None, publisher: TrialPublisher
+) -> None:
+    """Finished units without a plot or an MLflow run (an earlier interrupted run, MLflow
+    down) get them now; the ``trial_key`` tag lookup keeps this from duplicating runs."""
+    for spec in finished:
+        try:
+            plot_study(loc, spec)
+        except Exception as err:  # a figure must never fail a sweep
+            log.warning("plot of %s unit %s failed: %s", spec.study, spec.key(), err)
+    if tracker is None or not finished:
+        return
+    try:
+        logged = tracker.logged_keys("trial_key")
+        for spec in finished:
+            if spec.key() not in logged:
+                log_study_to_mlflow(tracker, loc, spec)
+    except TrackingUnavailable as err:
+        publisher.problems.append(str(err))
 
 
 def _say(line: str) -> None:

@@ -62,6 +62,7 @@ _PARAM_COLUMNS = (
     "seed_b",
     "endpoint_a",
     "endpoint_b",
+    "residual",
 )
 _MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LEN = 1000, 100, 6000
 _ENV_LOCK = threading.RLock()

@@ -22,9 +22,10 @@ import torch
 from ray import tune
 from torch.utils.data import TensorDataset
 
+from ..collapse import filter_collapse
 from ..data import BatchPlan, load_dataset
 from ..location import Location
-from ..metrics import collapsed_filters, evaluate, total_collapsed
+from ..metrics import evaluate
 from ..models import build_model
 from ..pipeline import merge_trial
 from ..store import CheckpointStore
@@ -32,6 +33,7 @@ from ..train import train_model
 from . import results
 from .config import EndpointConfig, TrialSpec
 from .ddp import train_data_parallel
+from .studies import StudyInputs, StudySpec, study
 
 
 def _threads(cpus: float) -> None:
@@ -79,7 +81,13 @@ def train_endpoint(
             torch.manual_seed(ep.seed)  # the architecture's init is part of the seed's identity
             net = build_model(ep.model, **ep.model_kwargs(data_root))
             net = train_model(
-                net, train, epochs=ep.epochs, seed=ep.seed, batch_size=ep.batch_size, lr=ep.lr
+                net,
+                train,
+                epochs=ep.epochs,
+                seed=ep.seed,
+                batch_size=ep.batch_size,
+                lr=ep.lr,
+                optimizer=ep.optimizer,
             )
         seconds = time.perf_counter() - started
         tr, te = evaluate(net, train), evaluate(net, test)
@@ -88,13 +96,15 @@ def train_endpoint(
                 f"endpoint {ep.model} w{ep.width:g} norm={ep.norm} seed={ep.seed} diverged "
                 f"(train loss {tr['loss']}, test loss {te['loss']}); set a lower lr in the sweep"
             )
+        filters = filter_collapse(net, train, endpoint_key=key)
         meta = {
             **ep.params(),
             "train_loss": tr["loss"],
             "train_acc": tr["acc"],
             "test_loss": te["loss"],
             "test_acc": te["acc"],
-            "collapsed_filters": total_collapsed(collapsed_filters(net, train)),
+            "collapsed_filters": collapsed_total(filters),
+            "filters": filters.to_dict("records"),
             "train_seconds": seconds,
         }
         store.save(key, net.cpu(), meta)
@@ -102,6 +112,32 @@ def train_endpoint(
     row = {col: meta.get(col) for col in results.REQUIRED["endpoints"]}
     row["uri"] = store.path(key)
     return row
+
+
+def collapsed_total(filters: pd.DataFrame) -> int:
+    """The ``endpoints`` table's ``collapsed_filters``: collapsed plus dead channels summed
+    over the endpoint's ``filters`` rows (one number per net, kept for summaries)."""
+    return int(filters["collapsed"].sum() + filters["dead"].sum())
+
+
+def endpoint_filters(
+    ep: EndpointConfig, store: CheckpointStore, data_root: str | None = None
+) -> pd.DataFrame:
+    """The ``filters`` rows of a stored endpoint: from its meta, else measured now.
+
+    Endpoints trained before the ``filters`` table existed (or registered ones) have no rows
+    in their meta; they are measured on the train split through the pass executor.
+    """
+    key = ep.key()
+    meta = store.meta(key)
+    if meta.get("filters"):
+        rows = pd.DataFrame(meta["filters"])
+    else:
+        net, _ = store.load(key)
+        train, _ = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
+        rows = filter_collapse(net, train, endpoint_key=key)
+    ids = {c: getattr(ep, c) for c in results.TRIAL_ID_COLUMNS}
+    return rows.assign(endpoint_key=key, seed=ep.seed, **ids)
 
 
 def register_endpoint(
@@ -127,7 +163,13 @@ def register_endpoint(
         "test_acc": te["acc"],
         "train_loss": float("nan"),
         "train_acc": float("nan"),
-        "collapsed_filters": total_collapsed(collapsed_filters(net)),
+        # Dead units are measured on the test split here (a train pass over, e.g., ImageNet
+        # is not worth it at registration); the filters rows say which split in the meta.
+        "collapsed_filters": collapsed_total(
+            filters := filter_collapse(net, test, endpoint_key=ep.key())
+        ),
+        "filters": filters.to_dict("records"),
+        "filters_split": "test",
         "train_seconds": 0.0,
         "registered_from": str(source),
     }
@@ -157,8 +199,22 @@ def endpoint_trainable(
         gpus_per_worker=worker_gpus,
         storage=root.tune,
     )
-    results.write_rows(root, "endpoints", sweep, ep.key(), pd.DataFrame([row]))
+    write_endpoint_rows(root, sweep, ep, row, store, data_root)
     tune.report({"test_acc": float(row["test_acc"]), "done": 1})
+
+
+def write_endpoint_rows(
+    root: Location,
+    sweep: str,
+    ep: EndpointConfig,
+    row: dict[str, Any],
+    store: CheckpointStore,
+    data_root: str | None = None,
+) -> None:
+    """The endpoint's ``filters`` rows, then its ``endpoints`` row (which marks it recorded)."""
+    filters = endpoint_filters(ep, store, data_root)
+    results.write_rows(root, "filters", sweep, ep.key(), filters)
+    results.write_rows(root, "endpoints", sweep, ep.key(), pd.DataFrame([row]))
 
 
 def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
@@ -173,6 +229,7 @@ def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
         method=spec.method,
         seed_a=spec.a.seed,
         seed_b=spec.b.seed,
+        residual=spec.residual,
         seconds=outcome.seconds,
         **ids,
     )
@@ -262,3 +319,66 @@ def merge_trainable(
             "done": 1,
         }
     )
+
+
+def study_inputs(
+    spec: StudySpec,
+    store: CheckpointStore,
+    data_root: str | None,
+    workers: Any = 1,
+    loader_workers: int = 0,
+) -> StudyInputs:
+    ep = spec.endpoints[0]
+    train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
+    loaders = 0 if isinstance(train, TensorDataset) else loader_workers  # tensors need none
+    plans = [BatchPlan(d, spec.batch_size, loader_workers=loaders) for d in (train, test)]
+    return StudyInputs(store, train, test, plans[0], plans[1], workers)
+
+
+def run_study_trial(
+    spec: StudySpec,
+    store: CheckpointStore,
+    root: str | os.PathLike | Location,
+    *,
+    data_root: str | None = None,
+    workers: Any = 1,
+    loader_workers: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """Compute one study unit and write its tables, in the study's order (the last marks it
+    finished), each as ``<table>/sweep=<sweep>/<key>.parquet``: a rerun replaces, never adds."""
+    kind = study(spec.study)
+    inputs = study_inputs(spec, store, data_root, workers, loader_workers)
+    tables = kind.run(spec, inputs)
+    root = Location.of(root)
+    for table in kind.tables:
+        results.write_rows(root, table, spec.sweep, spec.key(), tables[table], extra="drop")
+    return tables
+
+
+def study_trainable(
+    config: dict[str, Any],
+    *,
+    store: CheckpointStore,
+    root: Location,
+    data_root: str | None,
+    workers: int,
+    cpus: float,
+    amp: bool = False,
+) -> None:
+    """Stage 2 (Tune) for a study unit: like a merge trial, shards its passes over workers."""
+    _threads(cpus)
+    spec = StudySpec.from_dict(config["study"])
+    executor: Any = 1
+    if workers > 1 or amp:
+        from ..distributed import pool_of_size
+
+        executor = pool_of_size(workers, amp=amp)
+    run_study_trial(
+        spec,
+        store,
+        root,
+        data_root=data_root,
+        workers=executor,
+        loader_workers=max(0, int(cpus) - 1),
+    )
+    tune.report({"done": 1})

@@ -16,8 +16,10 @@ from typing import Any
 from ..data import DATASETS, check_dataset, dataset_info
 from ..location import SAFE_NAME, SAFE_PUNCTUATION
 from ..models import MODEL_NAMES, build_model
+from ..perm.activation import RESIDUAL_MODES
 from ..pipeline import METHODS
 from ..repair import VARIANTS
+from ..train import OPTIMIZERS
 from .config import (
     ALWAYS_REPORTED,
     ArchGrid,
@@ -30,6 +32,7 @@ from .config import (
     is_number,
     takes_depth,
 )
+from .studies import STUDIES
 
 # --------------------------------------------------------------------------------------------
 # model arguments: asked of the model's own constructor, never re-implemented here
@@ -358,7 +361,20 @@ def validate_sweep(
         problems.append(f"lr: must be a number > 0 or null for the default (got {sweep.lr!r})")
     if sweep.data_root is not None and not isinstance(sweep.data_root, str):
         problems.append(f"data_root: must be a path string (got {sweep.data_root!r})")
-    _check_choices(problems, "methods", sweep.methods, METHODS)
+    studies = [st for st in STUDIES.values() if getattr(sweep, st.field, None) is not None]
+    # A sweep that only runs studies (curves, pruning) may list no merge methods.
+    _check_choices(problems, "methods", sweep.methods, METHODS, allow_empty=bool(studies))
+    if sweep.residual not in RESIDUAL_MODES:
+        problems.append(
+            f"residual: unknown {sweep.residual!r}; choose one of {', '.join(RESIDUAL_MODES)} "
+            "(output: the stage output only, REPAIR's code; sum: every block output, Tatro et al.)"
+        )
+    if sweep.optimizer not in OPTIMIZERS:
+        problems.append(
+            f"optimizer: unknown {sweep.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
+    for st in studies:
+        problems += st.problems(getattr(sweep, st.field), sweep)
     variants = sweep.variants
     always = [v for v in variants if v in ALWAYS_REPORTED] if isinstance(variants, tuple) else []
     if always:
