@@ -1,0 +1,118 @@
+"""Curve and pruning studies end to end: real local Ray, a real sqlite MLflow store (copied
+from the session template) and real Parquet. Every unit lands once in every table and once in
+MLflow, with its plot; a second run redoes nothing (no refit, no re-prune); the results
+command shows the new tables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from repair_dist.cli import main as cli_main
+from repair_dist.store import CheckpointStore
+from repair_dist.sweep import results
+from repair_dist.sweep.config import ArchGrid, CurveConfig, PruningConfig, Sweep
+from repair_dist.sweep.runner import run_sweep
+from repair_dist.sweep.studies import curve as curve_study
+from repair_dist.sweep.tracking import default_tracking_uri
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def studies_sweep() -> Sweep:
+    return Sweep(
+        name="studies-e2e",
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+        seeds=(0, 1),
+        epochs=2,
+        methods=("activation",),
+        variants=("full",),
+        alphas=3,
+        curve=CurveConfig(epochs=1),
+        pruning=PruningConfig(sparsities=(0.5, 0.9), variants=("full",)),
+    )
+
+
+def _mtimes(root: Path, sweep: str, tables: tuple[str, ...]) -> dict[str, int]:
+    files = [p for t in tables for p in (root / t / f"sweep={sweep}").glob("*.parquet")]
+    return {str(p): p.stat().st_mtime_ns for p in files}
+
+
+def _assert_each_unit_once(root: Path, sweep: Sweep, uri: str) -> None:
+    units = sweep.study_trials()
+    curve_keys = {u.key() for u in units if u.study == "curve"}
+    prune_units = [u for u in units if u.study == "prune"]
+    merge_keys = {t.key() for t in sweep.trials()}
+    trials = results.read_table(root, "trials", sweep.name)
+    assert set(trials["trial_key"]) == merge_keys | curve_keys
+    assert not trials.duplicated(["trial_key", "variant"]).any()
+    curve_rows = trials[trials["trial_key"].isin(curve_keys)]
+    assert sorted(curve_rows["variant"]) == ["curve-aligned", "curve-naive"]
+    assert curve_rows[["barrier_loss_max", "barrier_acc_max", "curve_seconds"]].notna().all().all()
+    assert (trials["residual"] == "output").all()  # merge rows record the mode too
+    curves = results.read_table(root, "curves", sweep.name)
+    assert not curves.duplicated(["trial_key", "variant", "alpha", "split"]).any()
+    on_curve = curves[curves["trial_key"].isin(curve_keys)]
+    assert len(on_curve) == 5 * len(sweep.alpha_grid()) * 2
+    pruning = results.read_table(root, "pruning", sweep.name)
+    per_endpoint = len(sweep.pruning.sparsities) * (2 + len(sweep.pruning.variants))
+    assert len(pruning) == len(prune_units) * per_endpoint
+    assert not pruning.duplicated(["endpoint_key", "kind", "sparsity", "variant"]).any()
+    filters = results.read_table(root, "filters", sweep.name)
+    assert len(filters) == len(sweep.endpoints()) * 3
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep.name)
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+        if "trial_key" in r.data.tags
+    ]
+    keys = sorted(r.data.tags["trial_key"] for r in runs)
+    assert keys == sorted(merge_keys | curve_keys | {u.key() for u in prune_units})
+    by_key = {r.data.tags["trial_key"]: r for r in runs}
+    curve_run = by_key[next(iter(curve_keys))]
+    assert curve_run.data.tags["study"] == "curve"
+    assert "barrier_loss_max.curve-aligned" in curve_run.data.metrics
+    assert "curve_seconds.curve-naive" in curve_run.data.metrics
+    prune_run = by_key[prune_units[0].key()]
+    assert "test_acc.global_l1.repaired-full.s0.9" in prune_run.data.metrics
+    for key in {*curve_keys, *(u.key() for u in prune_units)}:
+        png = root / "plots" / f"sweep={sweep.name}" / f"{key}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_and_pruning_studies_land_once_and_a_rerun_redoes_nothing(
+    ray_ready, mlflow_root, capsys
+):
+    sweep, root = studies_sweep(), mlflow_root
+    uri = default_tracking_uri(root)
+    out = run_sweep(sweep, root=root)
+    units = sweep.study_trials()
+    assert (out.trials_run, out.studies_run, out.studies_reused) == (1, len(units), 0)
+    assert len(units) == 1 + len(sweep.endpoints())  # one curve pair, every endpoint pruned
+    _assert_each_unit_once(root, sweep, uri)
+
+    store = CheckpointStore(root / "checkpoints")
+    curve_unit = next(u for u in units if u.study == "curve")
+    fits = [curve_study._fit_key(curve_unit, m) for m in ("none", "activation-output")]
+    written = _mtimes(root, sweep.name, ("trials", "curves", "pruning", "filters"))
+    fitted = {k: os.stat(Path(store.path(k)) / "meta.json").st_mtime_ns for k in fits}
+
+    again = run_sweep(sweep, root=root)  # no refit, no re-prune, no new rows or runs
+    assert (again.trials_run, again.studies_run, again.studies_reused) == (0, 0, len(units))
+    assert _mtimes(root, sweep.name, ("trials", "curves", "pruning", "filters")) == written
+    assert {k: os.stat(Path(store.path(k)) / "meta.json").st_mtime_ns for k in fits} == fitted
+    _assert_each_unit_once(root, sweep, uri)
+
+    capsys.readouterr()
+    assert cli_main(["results", sweep.name, "--root", str(root), "--table", "pruning"]) == 0
+    shown = capsys.readouterr().out
+    assert "repaired-full" in shown and "test_acc" in shown
+    assert cli_main(["results", sweep.name, "--root", str(root), "--table", "filters"]) == 0
+    assert "gamma_abs_median" in capsys.readouterr().out
+    assert cli_main(["results", sweep.name, "--root", str(root), "--table", "curves"]) == 0
+    assert "curve-aligned" in capsys.readouterr().out
