@@ -117,7 +117,53 @@ def _layers(key: str = "t0") -> pd.DataFrame:
     )
 
 
-FRAMES = {"endpoints": _endpoints, "trials": _trials, "curves": _curves, "layers": _layers}
+def _pruning(key: str = "e0") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "endpoint_key": key,
+                **ARCH,
+                "seed": 0,
+                "kind": "global_l1",
+                "sparsity": s,
+                "variant": v,
+                "train_loss": 0.3,
+                "train_acc": 0.9,
+                "test_loss": 0.4,
+                "test_acc": 0.88,
+                "measured_sparsity": s,
+                "seconds": 0.1,
+            }
+            for s in (0.5, 0.9)
+            for v in ("dense", "pruned", "repaired-full")
+        ]
+    )
+
+
+def _filters(key: str = "e0") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "endpoint_key": key,
+                "layer": f"blocks.{i}.linear",
+                "channels": 64,
+                "collapsed": i,
+                "dead": 2 * i,
+                "gamma_abs_median": 0.5,
+            }
+            for i in range(3)
+        ]
+    )
+
+
+FRAMES = {
+    "endpoints": _endpoints,
+    "trials": _trials,
+    "curves": _curves,
+    "layers": _layers,
+    "pruning": _pruning,
+    "filters": _filters,
+}
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -156,6 +202,18 @@ def test_every_required_column_of_the_contract_is_required() -> None:
     assert set(REQUIRED["curves"]) >= {"trial_key", "variant", "alpha", "split", "loss", "acc"}
     assert set(REQUIRED["layers"]) >= {"layer", "std_ratio", "mean_shift"}
     assert {"endpoint_key", "seed", "test_acc", "collapsed_filters"} <= set(REQUIRED["endpoints"])
+    assert {
+        "endpoint_key",
+        "kind",
+        "sparsity",
+        "variant",
+        "test_acc",
+        "measured_sparsity",
+        "seconds",
+    } <= set(REQUIRED["pruning"])
+    assert {"endpoint_key", "layer", "channels", "collapsed", "dead", "gamma_abs_median"} <= set(
+        REQUIRED["filters"]
+    )
 
 
 def test_a_rerun_replaces_the_trial_file_and_never_duplicates(tmp_path: Path) -> None:
