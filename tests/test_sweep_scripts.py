@@ -34,13 +34,16 @@ def test_every_script_is_covered():
         "vgg_depth",
         "norm_ablation",
         "imagenet_resnet50",
+        "curves_alignment",
+        "prune_repair",
+        "filter_collapse",
     } <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_full_sweeps_are_well_formed(name):
     sweep = load(name).build_sweep(smoke=False)
-    assert isinstance(sweep, Sweep) and sweep.trials()
+    assert isinstance(sweep, Sweep) and (sweep.trials() or sweep.study_trials())
     # Full studies need data or GPUs this machine may not have: check everything else.
     validate_sweep(sweep, check_data=False)
 
@@ -51,9 +54,14 @@ def test_smoke_sweeps_run_end_to_end(ray_ready, tmp_path, name):
     sweep = load(name).build_sweep(smoke=True)
     out = run_sweep(sweep, root=tmp_path, mlflow=False)
     trials = results.read_table(tmp_path, "trials", sweep.name)
-    assert out.trials_run == len(sweep.trials()) == trials["trial_key"].nunique()
-    assert len(trials) == len(sweep.trials()) * (2 + len(sweep.variants))
+    merges = trials[trials["trial_key"].isin({t.key() for t in sweep.trials()})]
+    assert out.trials_run == len(sweep.trials()) == merges["trial_key"].nunique()
+    assert len(merges) == len(sweep.trials()) * (2 + len(sweep.variants))
     assert trials[["acc_mid", "loss_mid"]].notna().all().all()
+    # studies (curves, pruning): every unit ran, and its last table marks it finished
+    assert out.studies_run == len(sweep.study_trials())
+    filters = results.read_table(tmp_path, "filters", sweep.name)
+    assert set(filters["endpoint_key"]) == {ep.key() for ep in sweep.endpoints()}
 
 
 @pytest.mark.timeout(240)
