@@ -55,17 +55,34 @@ def _print_outcome(outcome: Any) -> None:
         cols = ["model", "width", "depth", "norm", "seed", "train_acc", "test_acc"]
         print("\nEndpoints (test accuracy):")
         print(results.format_table(endpoints[cols].sort_values(["model", "seed"])))
-    print(f"\nBarriers at the midpoint (test split), mean ± std over seed pairs ({outcome.sweep}):")
-    keep = [c for c in outcome.summary.columns if c not in ("sweep", "dataset")]
-    print(results.format_table(outcome.summary[keep]))
+    if not outcome.summary.empty:
+        print(
+            f"\nBarriers at the midpoint (test split), mean ± std over seed pairs "
+            f"({outcome.sweep}):"
+        )
+        keep = [c for c in outcome.summary.columns if c not in ("sweep", "dataset")]
+        print(results.format_table(outcome.summary[keep]))
+    pruning = results.read_table(root, "pruning", outcome.sweep)
+    if not pruning.empty:
+        group = ["model", "width", "depth", "norm", "kind", "sparsity", "variant"]
+        stats = results.describe(pruning[[*group, "test_acc", "measured_sparsity"]], group)
+        print(f"\nPruning (test accuracy, mean ± std over endpoints) ({outcome.sweep}):")
+        print(results.format_table(stats))
+    studies = ""
+    if outcome.studies_run or outcome.studies_reused:
+        studies = (
+            f"{outcome.studies_run} study units (curves, pruning) run, "
+            f"{outcome.studies_reused} already done; "
+        )
     print(
-        f"\n{outcome.trials_run} trials run, {outcome.trials_reused} already done; "
+        f"\n{outcome.trials_run} trials run, {outcome.trials_reused} already done; {studies}"
         f"{outcome.endpoints_trained} endpoints trained, {outcome.endpoints_reused} reused; "
         f"{outcome.seconds:.0f} s."
     )
     for problem in outcome.mlflow_problems[:3]:
         print(f"warning: MLflow: {problem} (Parquet is complete; run `repair-dist sync-mlflow`)")
-    print(f"\nParquet tables: {root}/{{endpoints,trials,curves,layers}}/sweep={outcome.sweep}/")
+    tables = ",".join(TABLES)
+    print(f"\nParquet tables: {root}/{{{tables}}}/sweep={outcome.sweep}/")
     print(f"Plots per trial: {root}/plots/sweep={outcome.sweep}/")
     if outcome.tracking_uri:
         print(f"MLflow: {outcome.tracking_uri}  (browse: repair-dist ui --root {root})")
