@@ -5,6 +5,7 @@ over data accepts ``workers=N`` (N Ray actors) or an executor, default 1 (in pro
 """
 
 from .data import BatchPlan, load_dataset
+from .many import ensemble, merge_many
 from .merge import interpolate
 from .metrics import barriers, collapsed_filters, evaluate, interpolation_curve
 from .models import MODEL_NAMES, build_model
@@ -16,6 +17,8 @@ from .perm import (
     permutation_spec,
     weight_matching,
 )
+from .perm.many import align_many
+from .perm.ste import ste_matching
 from .repair import VARIANTS, endpoint_statistics, repair
 from .train import train_model
 
@@ -26,19 +29,23 @@ __all__ = [
     "VARIANTS",
     "BatchPlan",
     "activation_matching",
+    "align_many",
     "alignment_statistics",
     "apply_permutation",
     "barriers",
     "build_model",
     "collapsed_filters",
     "endpoint_statistics",
+    "ensemble",
     "evaluate",
     "interpolate",
     "interpolation_curve",
     "load_dataset",
+    "merge_many",
     "permutation_from_stats",
     "permutation_spec",
     "repair",
+    "ste_matching",
     "train_model",
     "weight_matching",
 ]
