@@ -47,8 +47,8 @@ def ste_matching(
     net_b: nn.Module,
     train: Dataset | BatchPlan,
     *,
-    epochs: int = 10,
-    lr: float = 0.01,
+    epochs: int = 30,
+    lr: float = 0.1,
     batch_size: int = 64,
     momentum: float = 0.9,
     seed: int = 0,
@@ -60,7 +60,8 @@ def ste_matching(
     """Permutation of B's units whose midpoint with A has low training loss (see module doc).
 
     ``epochs`` of shuffled minibatches (seeded by ``seed``); with ``epochs=0`` this is plain
-    weight matching of B to A. ``history`` (a list) receives every step's midpoint loss.
+    weight matching of B to A. Defaults (30 epochs, SGD lr 0.1, momentum 0.9, batch 64) are
+    tuned on deep plain digits MLPs, where 10 epochs at lr 0.01 barely move the projection. ``history`` (a list) receives every step's midpoint loss.
     ``workers`` is checked and accepted so that every pair matcher has one signature, but the
     optimisation is sequential SGD on one small batch per step and always runs in this process.
     """
