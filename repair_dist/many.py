@@ -69,13 +69,15 @@ def merge_many(
             f"unknown REPAIR variant {variant!r}; choose one of {', '.join(VARIANTS)} or None"
         )
     check_reference(reference, len(nets))
-    if train is None and (method == "activation" or variant is not None):
+    passes_over_data = method == "activation" or variant is not None
+    if train is None and passes_over_data:
         raise ValueError(
             f"merge_many with method={method!r} and variant={variant!r} needs train data"
         )
     check_workers(workers)
     spec = spec or permutation_spec(nets[0])
-    executor = resolve_executor(workers) if train is not None else workers
+    # one pool for the alignment and REPAIR passes; none at all when nothing reads data
+    executor = resolve_executor(workers) if passes_over_data else workers
     perms = align_many(
         nets,
         train,
