@@ -61,8 +61,9 @@ def ste_matching(
 
     ``epochs`` of shuffled minibatches (seeded by ``seed``); with ``epochs=0`` this is plain
     weight matching of B to A. Defaults (30 epochs, SGD lr 0.1, momentum 0.9, batch 64) are
-    tuned on deep plain digits MLPs, where 10 epochs at lr 0.01 barely move the projection. ``history`` (a list) receives every step's midpoint loss.
-    ``workers`` is checked and accepted so that every pair matcher has one signature, but the
+    tuned on deep plain digits MLPs, where 10 epochs at lr 0.01 barely move the projection.
+    ``history`` (a list) receives every step's midpoint loss. A BatchPlan ``train`` gives its
+    dataset; the steps use their own shuffled ``batch_size`` batches. ``workers`` is checked and accepted so that every pair matcher has one signature, but the
     optimisation is sequential SGD on one small batch per step and always runs in this process.
     """
     _check_args(epochs, lr, batch_size, momentum)
@@ -79,7 +80,8 @@ def ste_matching(
     matched = [k for k in named if k in spec.axes]  # what weight matching compares
     state_a = {k: v.detach().clone() for k, v in net_a.state_dict().items()}
     state_b = {k: v.detach().clone() for k, v in net_b.state_dict().items()}
-    params_b = {k: state_b[k].to(torch.float64) for k in matched}
+    params_b = {k: state_b[k].cpu().to(torch.float64) for k in matched}
+    device = next(iter(state_a.values())).device
     free = {k: state_a[k].clone().requires_grad_(True) for k in named}
     opt = torch.optim.SGD(free.values(), lr=lr, momentum=momentum)
     gen = torch.Generator().manual_seed(seed)
@@ -88,7 +90,7 @@ def ste_matching(
     def project(init: Permutation | None) -> Permutation:
         # Warm-started from the last projection (theta moves little per step); the first
         # projection is weight_matching(A, B, seed=seed) exactly.
-        target = {k: free[k].detach().to(torch.float64) for k in matched}
+        target = {k: free[k].detach().cpu().to(torch.float64) for k in matched}
         return match_weights(
             target, params_b, spec, sizes, max_iter=max_iter, seed=seed + steps, init=init
         )
@@ -102,6 +104,7 @@ def ste_matching(
     )
     for _ in range(epochs):
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             perm = project(perm)
             projected = permute_state_dict(state_b, spec, perm)
             mid = {}
