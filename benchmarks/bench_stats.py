@@ -35,12 +35,9 @@ import torch
 
 import repair_dist as rd
 from repair_dist.data import BatchPlan
-from repair_dist.passes import alignment_stats_pass
+from repair_dist.passes import Probe, StatsDict, alignment_stats_pass, tap
 from repair_dist.perm import permutation_spec
 from repair_dist.perm.activation import alignment_probes, repair_only_probes
-from repair_dist.perm.spec import Probe
-from repair_dist.stats import StatsDict
-from repair_dist.taps import tap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402

@@ -4,10 +4,12 @@ The public API (DESIGN.md §3). Science functions take plain modules and dataset
 over data accepts ``workers=N`` (N Ray actors) or an executor, default 1 (in process).
 """
 
+from .curves import KINDS as CURVE_KINDS
+from .curves import Curve, curve_barriers, curve_profile, fit_curve
 from .data import BatchPlan, load_dataset
 from .many import ensemble, merge_many
 from .merge import interpolate
-from .metrics import barriers, collapsed_filters, evaluate, interpolation_curve
+from .metrics import barriers, collapsed_filters, evaluate
 from .models import MODEL_NAMES, build_model
 from .perm import (
     activation_matching,
@@ -19,29 +21,37 @@ from .perm import (
 )
 from .perm.many import align_many
 from .perm.ste import ste_matching
+from .pipeline import alpha_grid, interpolation_curve, merge_trial
 from .repair import VARIANTS, endpoint_statistics, repair
 from .train import train_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CURVE_KINDS",
     "MODEL_NAMES",
     "VARIANTS",
     "BatchPlan",
+    "Curve",
     "activation_matching",
     "align_many",
     "alignment_statistics",
+    "alpha_grid",
     "apply_permutation",
     "barriers",
     "build_model",
     "collapsed_filters",
+    "curve_barriers",
+    "curve_profile",
     "endpoint_statistics",
     "ensemble",
     "evaluate",
+    "fit_curve",
     "interpolate",
     "interpolation_curve",
     "load_dataset",
     "merge_many",
+    "merge_trial",
     "permutation_from_stats",
     "permutation_spec",
     "repair",

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .data.batches import BatchPlan
-from .execution import Workers, resolve_executor
 from .merge import interpolate
+from .passes import Workers, resolve_executor
 from .perm import apply_permutation, permutation_spec
 from .perm.many import align_many, check_method, check_nets, check_reference, check_workers
 from .perm.spec import PermutationSpec

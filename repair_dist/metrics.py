@@ -1,4 +1,5 @@
-"""Evaluation, interpolation curves, barriers, variance-collapse ratios, collapsed filters."""
+"""Measurements of a net or of a curve table: evaluation, barriers, variance-collapse ratios,
+collapsed filters. Nothing here orchestrates merges (that is :mod:`repair_dist.pipeline`)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .data.batches import BatchPlan, as_plan
-from .execution import Workers, resolve_executor, run_pass
-from .merge import alpha_weights, interpolate
-from .passes import evaluation_pass
-from .perm.spec import PermutationSpec, Probe, permutation_spec
-from .repair import VARIANTS, endpoint_statistics, goal_statistics, repair
-from .stats import StatsDict
-
-#: Curve variants: "aligned" is plain interpolation; the rest are REPAIR variants.
-CURVE_VARIANTS = ("aligned", *VARIANTS)
+from .passes import Probe, StatsDict, Workers, device_of, evaluation_pass, run_pass, tap
+from .perm.spec import PermutationSpec, permutation_spec
+from .repair import goal_statistics
 
 
 def evaluate(
@@ -28,75 +23,6 @@ def evaluate(
     """Mean cross-entropy and accuracy of ``net`` (eval mode) on ``data``."""
     totals = run_pass(evaluation_pass, [net], as_plan(data, batch_size), workers)
     return {"loss": totals.loss, "acc": totals.acc}
-
-
-def alphas_grid(alphas: int | Sequence[float]) -> list[float]:
-    """``11`` -> 0.0, 0.1, ..., 1.0 (the midpoint 0.5 is always included)."""
-    if isinstance(alphas, int):
-        if alphas < 2:
-            raise ValueError("need at least 2 alphas (the endpoints)")
-        grid = np.linspace(0.0, 1.0, alphas).tolist()
-    else:
-        grid = [float(a) for a in alphas]
-    return sorted(set(round(a, 12) for a in [*grid, 0.0, 0.5, 1.0]))
-
-
-def interpolation_curve(
-    net_a: nn.Module,
-    net_c: nn.Module,
-    train: Dataset | BatchPlan,
-    test: Dataset | BatchPlan,
-    alphas: int | Sequence[float] = 11,
-    variants: Sequence[str] = ("aligned", "full"),
-    *,
-    spec: PermutationSpec | None = None,
-    goal_stats: StatsDict | None = None,
-    batch_size: int = 500,
-    workers: Workers = 1,
-) -> pd.DataFrame:
-    """Loss/accuracy along the segment from ``net_a`` to the aligned ``net_c`` per variant.
-
-    Returns a DataFrame (variant, alpha, split, loss, acc); ``curve.attrs["layers"]`` holds the
-    per-layer variance ratios (variant, alpha, layer, std_ratio, mean_shift) measured on the
-    train split: merged pre-activation std / interpolated endpoint std.
-    """
-    unknown = [v for v in variants if v not in CURVE_VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; choose from {', '.join(CURVE_VARIANTS)}")
-    spec = spec or permutation_spec(net_a)
-    executor = resolve_executor(workers)
-    train_plan, test_plan = as_plan(train, batch_size), as_plan(test, batch_size)
-    points = [rp.module for rp in spec.repair_points]
-    if goal_stats is None:
-        goal_stats = endpoint_statistics([net_a, net_c], train_plan, spec=spec, workers=executor)
-    rows, layer_rows = [], []
-    for alpha in alphas_grid(alphas):
-        w = alpha_weights(alpha)
-        mid = interpolate([net_a, net_c], w)
-        for variant in variants:
-            net = mid
-            if variant != "aligned":
-                net = repair(
-                    mid,
-                    [net_a, net_c],
-                    w,
-                    train_plan,
-                    variant,
-                    spec=spec,
-                    goal_stats=goal_stats,
-                    workers=executor,
-                )
-            train_totals = run_pass(evaluation_pass, [net], train_plan, executor, points=points)
-            test_totals = run_pass(evaluation_pass, [net], test_plan, executor)
-            for split, totals in (("train", train_totals), ("test", test_totals)):
-                rows.append((variant, alpha, split, totals.loss, totals.acc))
-            for layer, ratio, shift in variance_ratios(train_totals.points, goal_stats, w):
-                layer_rows.append((variant, alpha, layer, ratio, shift))
-    curve = pd.DataFrame(rows, columns=["variant", "alpha", "split", "loss", "acc"])
-    curve.attrs["layers"] = pd.DataFrame(
-        layer_rows, columns=["variant", "alpha", "layer", "std_ratio", "mean_shift"]
-    )
-    return curve
 
 
 def variance_ratios(
@@ -192,9 +118,6 @@ def collapsed_filters(
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             out[name] = int((module.weight.abs() < gamma_threshold).sum())
     if data is not None:
-        from .passes import device_of
-        from .taps import tap
-
         probes = list(dict.fromkeys(p for ps in spec.match_probes.values() for p in ps))
         store: dict[Probe, torch.Tensor] = {}
         active: dict[Probe, torch.Tensor] = {}

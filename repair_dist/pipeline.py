@@ -11,31 +11,128 @@ of unpermuted B, from the same pass).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from .data.batches import BatchPlan, as_plan
-from .execution import Workers, resolve_executor
-from .metrics import barriers, interpolation_curve
+from .merge import alpha_weights, interpolate
+from .metrics import barriers, variance_ratios
+from .passes import Probe, StatsDict, Workers, evaluation_pass, resolve_executor, run_pass
 from .perm import (
     Permutation,
     alignment_statistics,
     apply_permutation,
     identity_permutation,
-    permutation_from_stats,
     permutation_spec,
-    weight_matching,
 )
-from .perm.spec import Probe
-from .repair import VARIANTS
-from .stats import StatsDict
+from .perm.matchers import MATCHING_METHODS, MatchInputs, matching_method
+from .perm.spec import PermutationSpec
+from .repair import VARIANTS, endpoint_statistics, repair
 
-METHODS = ("activation", "weight")
+#: Matching methods a trial accepts (the registry's names).
+METHODS = tuple(MATCHING_METHODS)
+
+
+#: Curve variants: "aligned" is plain interpolation; the rest are REPAIR variants.
+CURVE_VARIANTS = ("aligned", *VARIANTS)
+#: Every variant a merge trial reports, in display order (tables, plots): the unaligned and the
+#: aligned-but-unrepaired baselines first, then the REPAIR family. The one copy of this order.
+TRIAL_VARIANTS = ("naive", *CURVE_VARIANTS)
+
+
+def variant_order(values: Iterable[str]) -> list[str]:
+    """Distinct ``values`` in display order: known variants first, others as they appear."""
+    distinct = list(dict.fromkeys(values))
+    known = [v for v in TRIAL_VARIANTS if v in distinct]
+    return known + [v for v in distinct if v not in TRIAL_VARIANTS]
+
+
+#: Alphas are rounded to this many decimals so that a grid given as a count and the same grid
+#: given as a list give the same floats (and the same trial keys).
+ALPHA_DECIMALS = 6
+
+
+def alpha_grid(alphas: int | Sequence[float]) -> tuple[float, ...]:
+    """Sorted interpolation weights, rounded; always holding 0, 0.5 and 1.
+
+    ``11`` -> 0.0, 0.1, ..., 1.0. 0 and 1 are the endpoints every barrier is measured against
+    and 0.5 is the midpoint barrier, so they are added when a list (or an even count) leaves
+    them out. The single definition for the library and the sweep.
+    """
+    if isinstance(alphas, bool) or not isinstance(alphas, int | Sequence):
+        raise ValueError(f"alphas must be a count >= 2 or a list of floats (got {alphas!r})")
+    if isinstance(alphas, int):
+        if alphas < 2:
+            raise ValueError(f"need at least 2 alphas, the endpoints (got {alphas})")
+        values = [i / (alphas - 1) for i in range(alphas)]
+    else:
+        values = [float(a) for a in alphas]
+        outside = [a for a in values if not 0.0 <= a <= 1.0]
+        if outside:
+            raise ValueError(f"alphas must lie in [0, 1] (got {outside})")
+    return tuple(sorted({round(v, ALPHA_DECIMALS) for v in values} | {0.0, 0.5, 1.0}))
+
+
+def interpolation_curve(
+    net_a: nn.Module,
+    net_c: nn.Module,
+    train: Dataset | BatchPlan,
+    test: Dataset | BatchPlan,
+    alphas: int | Sequence[float] = 11,
+    variants: Sequence[str] = ("aligned", "full"),
+    *,
+    spec: PermutationSpec | None = None,
+    goal_stats: StatsDict | None = None,
+    batch_size: int = 500,
+    workers: Workers = 1,
+) -> pd.DataFrame:
+    """Loss/accuracy along the segment from ``net_a`` to the aligned ``net_c`` per variant.
+
+    Returns a DataFrame (variant, alpha, split, loss, acc); ``curve.attrs["layers"]`` holds the
+    per-layer variance ratios (variant, alpha, layer, std_ratio, mean_shift) measured on the
+    train split: merged pre-activation std / interpolated endpoint std.
+    """
+    unknown = [v for v in variants if v not in CURVE_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {', '.join(CURVE_VARIANTS)}")
+    spec = spec or permutation_spec(net_a)
+    executor = resolve_executor(workers)
+    train_plan, test_plan = as_plan(train, batch_size), as_plan(test, batch_size)
+    points = [rp.module for rp in spec.repair_points]
+    if goal_stats is None:
+        goal_stats = endpoint_statistics([net_a, net_c], train_plan, spec=spec, workers=executor)
+    rows, layer_rows = [], []
+    for alpha in alpha_grid(alphas):
+        w = alpha_weights(alpha)
+        mid = interpolate([net_a, net_c], w)
+        for variant in variants:
+            net = mid
+            if variant != "aligned":
+                net = repair(
+                    mid,
+                    [net_a, net_c],
+                    w,
+                    train_plan,
+                    variant,
+                    spec=spec,
+                    goal_stats=goal_stats,
+                    workers=executor,
+                )
+            train_totals = run_pass(evaluation_pass, [net], train_plan, executor, points=points)
+            test_totals = run_pass(evaluation_pass, [net], test_plan, executor)
+            for split, totals in (("train", train_totals), ("test", test_totals)):
+                rows.append((variant, alpha, split, totals.loss, totals.acc))
+            for layer, ratio, shift in variance_ratios(train_totals.points, goal_stats, w):
+                layer_rows.append((variant, alpha, layer, ratio, shift))
+    curve = pd.DataFrame(rows, columns=["variant", "alpha", "split", "loss", "acc"])
+    curve.attrs["layers"] = pd.DataFrame(
+        layer_rows, columns=["variant", "alpha", "layer", "std_ratio", "mean_shift"]
+    )
+    return curve
 
 
 @dataclass
@@ -76,8 +173,7 @@ def merge_trial(
     Variants reported: ``naive`` (no alignment), ``aligned`` (no renormalisation) and each of
     ``variants`` (REPAIR family) applied to the aligned interpolation.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown matching method {method!r}; choose one of {', '.join(METHODS)}")
+    matcher = matching_method(method)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown REPAIR variants {unknown}; choose from {', '.join(VARIANTS)}")
@@ -86,13 +182,17 @@ def merge_trial(
     executor = resolve_executor(workers)
     train_plan, test_plan = as_plan(train, batch_size), as_plan(test, batch_size)
     stats = alignment_statistics(
-        net_a, net_b, train_plan, spec=spec, residual=residual, workers=executor,
+        net_a,
+        net_b,
+        train_plan,
+        spec=spec,
+        residual=residual,
+        workers=executor,
         repair_cross="closed_form" in variants,  # only closed_form reads the A-B cross terms
-    )  # fmt: skip
-    if method == "activation":
-        perm = permutation_from_stats(stats, spec, residual)
-    else:
-        perm = weight_matching(net_a, net_b, spec=spec, seed=seed)
+    )
+    perm = matcher.match(
+        MatchInputs(net_a, net_b, spec, stats, residual, train_plan, seed, executor)
+    )
     net_c = apply_permutation(net_b, perm, spec)
     common = dict(spec=spec, workers=executor, alphas=alphas)
     naive = interpolation_curve(
@@ -126,7 +226,3 @@ def merge_trial(
         layers=layers,
         seconds=time.perf_counter() - start,
     )
-
-
-def permutation_is_identity(perm: Permutation) -> bool:
-    return all(torch.equal(p, torch.arange(len(p))) for p in perm.values())

@@ -15,25 +15,145 @@ Variants (``VARIANTS``):
   and their matched correlation, sqrt(sum_ij w_i w_j s_i s_j rho_ij).
 
 After folding, the result is a plain net of the same architecture (no extra modules).
+
+Why mergeable moments and not BatchNorm trackers: the REPAIR reference code inserts a
+BatchNorm after each layer, runs it in train mode as a statistics tracker and affine setter,
+then fuses it. A BN's running average (momentum) cannot be split across Ray workers and summed
+back: it depends on batch order. We measure float64 per-channel moments instead
+(:class:`~repair_dist.passes.CoMoments`, Chan's parallel merge), so statistics of shards add
+up to the statistics of the whole on any number of workers, and apply the same affine: the
+corrected layer normalises with its *batch* statistics during the measuring pass (as the
+reference's train-mode BN does), and the pooled statistics give the folded affine.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data.batches import BatchPlan, as_plan
-from .execution import Workers, run_pass
-from .passes import NORM_EPS, Correction, channel_stats_pass, correction_affine, recalibration_pass
+from .data.batches import Batch, BatchPlan, as_plan
+from .passes import (
+    CoMoments,
+    Probe,
+    StatsDict,
+    Workers,
+    channel_stats_pass,
+    device_of,
+    run_pass,
+    tap,
+    transform_outputs,
+)
 from .perm.spec import PermutationSpec, RepairPoint, permutation_spec
-from .stats import CoMoments, StatsDict
 
 VARIANTS = ("reset", "full", "rescale", "reshift", "closed_form")
 _BN_MODE = {"reset": "both", "full": "both", "rescale": "var", "reshift": "mean"}
+
+
+#: BatchNorm's epsilon; REPAIR's corrections use the same one so folding matches calibration.
+NORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Correction:
+    """Renormalise the output channels of ``module`` towards a goal mean/std.
+
+    ``mode``: ``full`` (standardise, then goal std and mean), ``rescale`` (multiply by goal
+    std / own std, no centring, as in Qu & Horvath) or ``reshift`` (own mean -> goal mean).
+    """
+
+    module: str
+    mode: str
+    goal_mean: torch.Tensor
+    goal_std: torch.Tensor
+
+
+def correction_affine(
+    mode: str,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    goal_mean: torch.Tensor,
+    goal_std: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel so that ``scale * x + shift`` implements ``mode``.
+
+    Channels that are constant in the merged net (dead) cannot be rescaled; they keep scale 1.
+    """
+    std = (var + NORM_EPS).sqrt()
+    ratio = torch.where(var > 0, goal_std / std, torch.ones_like(std))
+    if mode == "full":
+        return ratio, goal_mean - mean * ratio
+    if mode == "rescale":
+        return ratio, torch.zeros_like(mean)
+    if mode == "reshift":
+        return torch.ones_like(mean), goal_mean - mean
+    raise ValueError(f"unknown correction mode {mode!r}")
+
+
+def _batch_corrector(c: Correction):
+    def correct(out: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(out.dim()) if d != 1]
+        x = out.double()
+        mean = x.mean(dims)
+        var = x.var(dims, unbiased=False)
+        goal_mean = c.goal_mean.to(out.device)
+        goal_std = c.goal_std.to(out.device)
+        scale, shift = correction_affine(c.mode, mean, var, goal_mean, goal_std)
+        shape = [1, -1] + [1] * (out.dim() - 2)
+        return (x * scale.view(shape) + shift.view(shape)).to(out.dtype)
+
+    return correct
+
+
+@torch.no_grad()
+def recalibration_pass(
+    net: nn.Module,
+    *,
+    batches: Iterable[Batch],
+    corrections: Sequence[Correction] = (),
+    batchnorms: Sequence[str] = (),
+    observe: Sequence[str] = (),
+) -> StatsDict:
+    """Statistics of a merged net's layer outputs with every correction active.
+
+    Corrected layers are renormalised with their own *batch* statistics and the listed
+    BatchNorms normalise with batch statistics (train mode), so later layers see corrected
+    inputs, exactly as in the REPAIR reference; the pooled float64 statistics of each
+    observed output (before its correction) are returned. Running stats are left untouched.
+    """
+    net.eval()
+    modules = dict(net.named_modules())
+    saved = {}
+    for name in batchnorms:
+        bn = modules[name]
+        saved[name] = (bn.momentum, bn.num_batches_tracked.clone())
+        bn.momentum = 0.0  # train-mode normalisation without touching running statistics
+        bn.train()
+    device = device_of(net)
+    probes = [Probe(m) for m in dict.fromkeys([*observe, *(c.module for c in corrections)])]
+    store: dict[Probe, torch.Tensor] = {}
+    out = StatsDict()
+    try:
+        with (
+            tap(net, probes, store),
+            transform_outputs(net, {c.module: _batch_corrector(c) for c in corrections}),
+        ):
+            for x, _ in batches:
+                net(x.to(device, non_blocking=True))
+                for p in probes:
+                    part = CoMoments.from_batch(store.pop(p))
+                    out.add(p.module, part)
+    finally:
+        for name, (momentum, nbt) in saved.items():
+            bn = modules[name]
+            bn.momentum = momentum
+            bn.num_batches_tracked.copy_(nbt)
+            bn.eval()
+    return out.cpu()
 
 
 def endpoint_statistics(

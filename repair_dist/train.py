@@ -49,7 +49,7 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
     raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def _tensor_batches(
+def tensor_batches(
     data: TensorDataset, batch_size: int, device: torch.device, gen: torch.Generator
 ) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     """Per-epoch shuffled batches sliced from tensors moved to ``device`` once."""
@@ -66,7 +66,7 @@ def _tensor_batches(
     return epoch
 
 
-def _loader_batches(
+def loader_batches(
     data: Dataset, batch_size: int, gen: torch.Generator, workers: int
 ) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     loader = DataLoader(
@@ -143,10 +143,10 @@ def train_model(
 
     net.to(dev)
     if isinstance(train_data, TensorDataset):
-        epoch_batches = _tensor_batches(train_data, batch_size, dev, gen)
+        epoch_batches = tensor_batches(train_data, batch_size, dev, gen)
         steps_per_epoch = max(1, len(train_data) // batch_size)
     else:
-        epoch_batches = _loader_batches(train_data, batch_size, gen, loader_workers)
+        epoch_batches = loader_batches(train_data, batch_size, gen, loader_workers)
         n = len(train_data)  # type: ignore[arg-type]
         steps_per_epoch = max(1, n // batch_size) if n > batch_size else 1
 

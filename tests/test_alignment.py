@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from repair_dist.models import build_model
-from repair_dist.passes import alignment_stats_pass
+from repair_dist.passes import CoMoments, StatsDict, alignment_stats_pass
 from repair_dist.perm import (
     activation_matching,
     apply_permutation,
@@ -18,7 +18,6 @@ from repair_dist.perm import (
 )
 from repair_dist.perm.weight import _parameters
 from repair_dist.repair import endpoint_statistics, repair
-from repair_dist.stats import CoMoments, StatsDict
 
 CASES = [
     ("mlp", dict(depth=4, width=24, in_shape=(1, 8, 8))),

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 import repair_dist as rd
-from repair_dist.passes import alignment_stats_pass
+from repair_dist.passes import CoMoments, StatsDict, alignment_stats_pass
 from repair_dist.perm import (
     apply_permutation,
     compose_permutations,
@@ -23,7 +23,6 @@ from repair_dist.perm import (
     random_permutation,
 )
 from repair_dist.perm.weight import _parameters
-from repair_dist.stats import CoMoments, StatsDict
 
 METHODS = ("weight", "activation", "merge_many")
 MLP = dict(depth=4, width=24, in_shape=(1, 8, 8))

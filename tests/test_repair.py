@@ -12,12 +12,16 @@ import repair_dist as rd
 from repair_dist.data import BatchPlan
 from repair_dist.merge import interpolate
 from repair_dist.models import build_model
-from repair_dist.passes import Correction, recalibration_pass
+from repair_dist.passes import CoMoments, Probe, StatsDict, tap
 from repair_dist.perm import permutation_spec
-from repair_dist.perm.spec import Probe
-from repair_dist.repair import endpoint_statistics, goal_statistics, predicted_std, repair
-from repair_dist.stats import CoMoments, StatsDict
-from repair_dist.taps import tap
+from repair_dist.repair import (
+    Correction,
+    endpoint_statistics,
+    goal_statistics,
+    predicted_std,
+    recalibration_pass,
+    repair,
+)
 
 
 def _pair(name="mlp", norm="none", seed=0, **cfg):
@@ -100,8 +104,8 @@ def test_repair_folds_into_a_plain_net_of_the_same_architecture(gaussian_images)
 
 def test_folding_equals_applying_the_affine_after_the_layer(gaussian_images):
     """Folded weights compute exactly what the unfolded correction (layer then affine) does."""
-    from repair_dist.passes import correction_affine
-    from repair_dist.taps import transform_outputs
+    from repair_dist.passes import transform_outputs
+    from repair_dist.repair import correction_affine
 
     a, b = _pair()
     spec = permutation_spec(a)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from repair_dist.stats import CoMoments, CrossMoments, StatsDict, flatten_channels
+from repair_dist.passes import CoMoments, CrossMoments, StatsDict, flatten_channels
 
 
 def _chunks(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

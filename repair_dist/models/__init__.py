@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from .mlp import MLP
-from .norms import NORMS, make_norm
+from .norms import NORM_KINDS, NORMS, layer_bias, make_norm, norm_kind
 from .resnet import ResNet20
 from .vgg import VGG
 
@@ -88,10 +88,13 @@ __all__ = [
     "MLP",
     "MODEL_NAMES",
     "NORMS",
+    "NORM_KINDS",
     "VGG",
     "ResNet20",
     "TorchvisionResNet",
     "build_model",
+    "layer_bias",
     "make_norm",
+    "norm_kind",
     "torchvision_resnet",
 ]

@@ -59,12 +59,16 @@ class MLP(nn.Module):
         prev: str | None = None
         for i, block in enumerate(self.blocks):
             g = f"P{i}"
-            b.layer(f"blocks.{i}.linear", g, prev, bias=True, ndim=2)
-            has_norm = not isinstance(block.norm, nn.Identity)
-            b.norm(f"blocks.{i}.norm" if has_norm else None, g, kind=self.norm_kind)
+            b.layer_with_norm(
+                f"blocks.{i}.linear",
+                g,
+                prev,
+                bias=True,
+                ndim=2,
+                norm_name=f"blocks.{i}.norm",
+                norm=block.norm,
+            )
             b.probe(g, f"blocks.{i}.act")
-            bn = f"blocks.{i}.norm" if self.norm_kind in ("bn", "psbn") else None
-            b.repair(f"blocks.{i}.linear", g, bn)
             prev = g
         b.layer("head", None, prev, bias=True, ndim=2)
         return b.build()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-
-NORMS = ("bn", "ln", "none", "psbn")
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -48,17 +49,43 @@ class PostShiftedBatchNorm(nn.modules.batchnorm._BatchNorm):
         return n
 
 
+@dataclass(frozen=True)
+class NormKind:
+    """One normalisation kind: how to build it, and whether it normalises by batch statistics.
+
+    ``batch_statistics`` kinds (BatchNorm and psBN) make the bias of the layer before them
+    redundant, so models build that layer without one. Everything downstream (specs, REPAIR)
+    dispatches on the built module's type instead of on this name.
+    """
+
+    make: Callable[[int, bool], nn.Module | None]
+    batch_statistics: bool
+
+
+NORM_KINDS: dict[str, NormKind] = {
+    "bn": NormKind(lambda c, conv: nn.BatchNorm2d(c) if conv else nn.BatchNorm1d(c), True),
+    "ln": NormKind(lambda c, conv: ChannelLayerNorm(c), False),
+    "none": NormKind(lambda c, conv: None, False),
+    "psbn": NormKind(lambda c, conv: PostShiftedBatchNorm(c), True),
+}
+NORMS: tuple[str, ...] = tuple(NORM_KINDS)
+
+
+def norm_kind(kind: str) -> NormKind:
+    """The registry entry of ``kind``; one readable error for an unknown name."""
+    if kind not in NORM_KINDS:
+        raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+    return NORM_KINDS[kind]
+
+
 def make_norm(kind: str, channels: int, *, conv: bool) -> nn.Module | None:
     """The normalisation module for ``kind`` (``None`` for ``none``)."""
-    if kind == "bn":
-        return nn.BatchNorm2d(channels) if conv else nn.BatchNorm1d(channels)
-    if kind == "psbn":
-        return PostShiftedBatchNorm(channels)
-    if kind == "ln":
-        return ChannelLayerNorm(channels)
-    if kind == "none":
-        return None
-    raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+    return norm_kind(kind).make(channels, conv)
+
+
+def layer_bias(kind: str) -> bool:
+    """Whether a conv/linear layer followed by a norm of ``kind`` needs its own bias."""
+    return not norm_kind(kind).batch_statistics
 
 
 def kaiming_init(net: nn.Module) -> None:

@@ -15,15 +15,7 @@ import torch
 from torch import nn
 
 from ..perm.spec import PermutationSpec, SpecBuilder
-from .norms import NORMS, kaiming_init, make_norm
-
-_BN = ("bn", "psbn")
-
-
-def _check_norm(norm: str, allowed: Sequence[str] = NORMS) -> None:
-    if norm not in allowed:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(allowed)}")
-
+from .norms import kaiming_init, layer_bias, make_norm, norm_kind
 
 # --------------------------------------------------------------------------------------------
 # CIFAR-style ResNet (He et al. 2016, section 4.2), as in the REPAIR code's width study
@@ -40,7 +32,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str) -> None:
         super().__init__()
-        bias = norm not in _BN
+        bias = layer_bias(norm)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
         self.norm1 = make_norm(norm, c_out, conv=True) or nn.Identity()
         self.relu1 = nn.ReLU()
@@ -84,13 +76,13 @@ class ResNet20(nn.Module):
                 f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, ...); "
                 f"got {depth!r}"
             )
-        _check_norm(norm)
+        norm_kind(norm)  # one readable error for an unknown norm
         self.norm_kind = norm
         n = (depth - 2) // 6
         widths = (16 * width, 32 * width, 64 * width)
         self.stem = nn.Sequential(
             OrderedDict(
-                conv=nn.Conv2d(int(in_shape[0]), widths[0], 3, padding=1, bias=norm not in _BN),
+                conv=nn.Conv2d(int(in_shape[0]), widths[0], 3, padding=1, bias=layer_bias(norm)),
                 norm=make_norm(norm, widths[0], conv=True) or nn.Identity(),
                 relu=nn.ReLU(),
             )
@@ -117,19 +109,14 @@ class ResNet20(nn.Module):
             x = stage(x)
         return self.head(self.avgpool(x).flatten(1))
 
-    def permutation_spec(self, residual: str = "output") -> PermutationSpec:
-        """Spec with one stream group per stage (``residual`` is for matching, ignored here)."""
-        del residual
-        kind = self.norm_kind
-        bias = kind not in _BN
+    def permutation_spec(self) -> PermutationSpec:
+        """Spec with one stream group per stage."""
+        bias = layer_bias(self.norm_kind)
         b = SpecBuilder()
 
         def conv(name: str, norm: str, out: str, inp: str | None, module: nn.Module) -> None:
             # A conv and the norm that directly consumes its output: both act on group ``out``.
-            b.layer(name, out, inp, bias=bias, ndim=4)
-            has_norm = not isinstance(module, nn.Identity)
-            b.norm(norm if has_norm else None, out, kind=kind)
-            b.repair(name, out, norm if kind in _BN else None)
+            b.layer_with_norm(name, out, inp, bias=bias, ndim=4, norm_name=norm, norm=module)
 
         first = self.layer1[0]
         stem_g = "P_layer1" if isinstance(first.shortcut, nn.Identity) else "P_stem"

@@ -17,8 +17,7 @@ from torchvision.models.resnet import Bottleneck as TVBottleneck
 from torchvision.models.resnet import ResNet as TVResNet
 
 from ..perm.spec import PermutationSpec, SpecBuilder
-from .norms import make_norm
-from .resnet import _BN, _check_norm
+from .norms import layer_bias, make_norm, norm_kind
 
 # --------------------------------------------------------------------------------------------
 # torchvision ResNet18 / ResNet50, keeping torchvision's state_dict key names
@@ -60,7 +59,7 @@ class TorchvisionResNet(TVResNet):
             )
         if not width > 0:
             raise ValueError(f"resnet width multiplier must be > 0 (got {width!r})")
-        _check_norm(norm)
+        norm_kind(norm)  # one readable error for an unknown norm
         # Not ResNet.__init__: it hard-codes the channel plan. We rebuild the same module tree
         # (same attribute names, same registration order) and reuse its _make_layer/forward.
         nn.Module.__init__(self)
@@ -95,7 +94,7 @@ class TorchvisionResNet(TVResNet):
                 m.inplace = False
             elif isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if norm not in _BN:
+                if layer_bias(norm):
                     m.bias = nn.Parameter(torch.zeros(m.out_channels))
             elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
                 nn.init.ones_(m.weight)
@@ -105,24 +104,19 @@ class TorchvisionResNet(TVResNet):
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def permutation_spec(self, residual: str = "output") -> PermutationSpec:
-        """Spec over torchvision key names (``residual`` is for matching, ignored here).
+    def permutation_spec(self) -> PermutationSpec:
+        """Spec over torchvision key names.
 
         Probes: the top-level ``relu`` (used once, by the stem) and each block's own output for
         stream groups; ``bnK`` with ``relu=True`` inside blocks, whose ``relu`` module is shared.
         With norm="none" ``bnK`` is an Identity, still called exactly once, so it stays a
         unique hook point (and sees any correction applied to the conv before it).
         """
-        del residual
-        kind = self.norm_kind
-        bias = kind not in _BN
+        bias = layer_bias(self.norm_kind)
         b = SpecBuilder()
 
         def conv(name: str, norm: str, out: str, inp: str | None, module: nn.Module) -> None:
-            b.layer(name, out, inp, bias=bias, ndim=4)
-            has_norm = not isinstance(module, nn.Identity)
-            b.norm(norm if has_norm else None, out, kind=kind)
-            b.repair(name, out, norm if kind in _BN else None)
+            b.layer_with_norm(name, out, inp, bias=bias, ndim=4, norm_name=norm, norm=module)
 
         stem_g = "P_layer1" if self.layer1[0].downsample is None else "P_stem"
         conv("conv1", "bn1", stem_g, None, self.bn1)

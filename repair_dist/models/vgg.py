@@ -8,36 +8,18 @@ import torch
 from torch import nn
 
 from ..perm.spec import PermutationSpec, SpecBuilder
-from .norms import NORMS, kaiming_init, make_norm
+from .norms import kaiming_init, layer_bias, make_norm, norm_kind
 
 # Channel plans of Simonyan & Zisserman; "M" = 2x2 max-pool.
+#: Channel plans of the VGG paper ("M" = max-pool), written as strings so they stay one line.
+_PLANS = {
+    11: "64 M 128 M 256 256 M 512 512 M 512 512 M",
+    13: "64 64 M 128 128 M 256 256 M 512 512 M 512 512 M",
+    16: "64 64 M 128 128 M 256 256 256 M 512 512 512 M 512 512 512 M",
+    19: "64 64 M 128 128 M 256 256 256 256 M 512 512 512 512 M 512 512 512 512 M",
+}
 VGG_CONFIGS: dict[int, tuple[int | str, ...]] = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    19: (
-        64,
-        64,
-        "M",
-        128,
-        128,
-        "M",
-        256,
-        256,
-        256,
-        256,
-        "M",
-        512,
-        512,
-        512,
-        512,
-        "M",
-        512,
-        512,
-        512,
-        512,
-        "M",
-    ),  # fmt: skip
+    depth: tuple(x if x == "M" else int(x) for x in plan.split()) for depth, plan in _PLANS.items()
 }
 
 
@@ -51,7 +33,7 @@ class VGGBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, norm: str, pool: bool) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm not in ("bn", "psbn"))
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=layer_bias(norm))
         self.norm = make_norm(norm, c_out, conv=True) or nn.Identity()
         self.act = nn.ReLU()
         self.pool = nn.MaxPool2d(2, ceil_mode=True) if pool else nn.Identity()
@@ -78,8 +60,7 @@ class VGG(nn.Module):
             )
         if not width > 0:
             raise ValueError(f"VGG width multiplier must be > 0 (got {width!r})")
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+        norm_kind(norm)  # one readable error for an unknown norm
         self.norm_kind = norm
         plan = VGG_CONFIGS[depth]
         blocks: list[VGGBlock] = []
@@ -101,20 +82,23 @@ class VGG(nn.Module):
             x = block(x)
         return self.head(self.avgpool(x).flatten(1))
 
-    def permutation_spec(self, residual: str = "output") -> PermutationSpec:
-        """One group per conv; ``residual`` is accepted for a uniform API (no residual streams)."""
-        del residual
+    def permutation_spec(self) -> PermutationSpec:
+        """One group per conv."""
         b = SpecBuilder()
-        has_bias = self.norm_kind not in ("bn", "psbn")
+        has_bias = layer_bias(self.norm_kind)
         prev: str | None = None
         for i, block in enumerate(self.blocks):
             g = f"P{i}"
-            b.layer(f"blocks.{i}.conv", g, prev, bias=has_bias, ndim=4)
-            has_norm = not isinstance(block.norm, nn.Identity)
-            b.norm(f"blocks.{i}.norm" if has_norm else None, g, kind=self.norm_kind)
+            b.layer_with_norm(
+                f"blocks.{i}.conv",
+                g,
+                prev,
+                bias=has_bias,
+                ndim=4,
+                norm_name=f"blocks.{i}.norm",
+                norm=block.norm,
+            )
             b.probe(g, f"blocks.{i}.act")
-            bn = f"blocks.{i}.norm" if self.norm_kind in ("bn", "psbn") else None
-            b.repair(f"blocks.{i}.conv", g, bn)
             prev = g
         b.layer("head", None, prev, bias=True, ndim=2)
         return b.build()

@@ -17,15 +17,18 @@ from .apply import (
     random_permutation,
 )
 from .many import ALIGN_METHODS, align_many, merge_many_objective
-from .spec import PermutationSpec, Probe, RepairPoint, SpecBuilder, permutation_spec
+from .matchers import MATCHING_METHODS, MatchingMethod, MatchInputs, matching_method
+from .spec import PermutationSpec, RepairPoint, SpecBuilder, permutation_spec
 from .ste import ste_matching
 from .weight import match_weights, matching_objective, weight_matching
 
 __all__ = [
     "ALIGN_METHODS",
+    "MATCHING_METHODS",
+    "MatchInputs",
+    "MatchingMethod",
     "Permutation",
     "PermutationSpec",
-    "Probe",
     "RepairPoint",
     "SpecBuilder",
     "activation_matching",
@@ -38,6 +41,7 @@ __all__ = [
     "identity_permutation",
     "invert_permutation",
     "match_weights",
+    "matching_method",
     "matching_objective",
     "merge_many_objective",
     "permutation_from_stats",

@@ -8,9 +8,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.batches import BatchPlan, as_plan
-from ..stats import StatsDict
+from ..passes import Probe, StatsDict, Workers, alignment_stats_pass, run_pass
 from .apply import Permutation
-from .spec import PermutationSpec, Probe, permutation_spec
+from .spec import PermutationSpec, permutation_spec
 
 #: "output": correlate a residual stream at the stage output only (REPAIR code);
 #: "sum": sum the correlation matrices of every block output in the stage (Tatro et al.).
@@ -71,7 +71,7 @@ def alignment_statistics(
     spec: PermutationSpec | None = None,
     residual: str = "output",
     batch_size: int = 500,
-    workers: int | object = 1,
+    workers: Workers = 1,
     repair: bool = True,
     repair_cross: bool = True,
 ) -> StatsDict:
@@ -81,10 +81,6 @@ def alignment_statistics(
     per-channel moments and skip the cross matrix (enough for every variant but
     ``closed_form``), which removes about half the statistics work of a deep MLP.
     """
-    # imported here: passes.py reads Probe from this package, so a top-level import would cycle
-    from ..execution import run_pass
-    from ..passes import alignment_stats_pass
-
     spec = spec or permutation_spec(net_a)
     check_same_architecture(net_a, net_b)
     return run_pass(
@@ -105,14 +101,20 @@ def activation_matching(
     spec: PermutationSpec | None = None,
     residual: str = "output",
     batch_size: int = 500,
-    workers: int | object = 1,
+    workers: Workers = 1,
 ) -> Permutation:
     """Permutation of B's units that maximises their activation correlation with A's."""
     spec = spec or permutation_spec(net_a)
     stats = alignment_statistics(
-        net_a, net_b, data, spec=spec, residual=residual, batch_size=batch_size,
-        workers=workers, repair=False,
-    )  # fmt: skip
+        net_a,
+        net_b,
+        data,
+        spec=spec,
+        residual=residual,
+        batch_size=batch_size,
+        workers=workers,
+        repair=False,
+    )
     return permutation_from_stats(stats, spec, residual)
 
 

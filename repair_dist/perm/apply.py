@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from .spec import PermutationSpec
+from .spec import PermutationSpec, permutation_spec
 
 Permutation = dict[str, torch.Tensor]
 
@@ -41,8 +41,6 @@ def apply_permutation(
     net: nn.Module, perm: Permutation, spec: PermutationSpec | None = None
 ) -> nn.Module:
     """A permuted copy of ``net``: it computes the same function, with its units reordered."""
-    from .spec import permutation_spec
-
     spec = spec or permutation_spec(net)
     out = copy.deepcopy(net)
     out.load_state_dict(permute_state_dict(net.state_dict(), spec, perm))

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.batches import BatchPlan
-from ..execution import Executor, Workers, resolve_executor
+from ..passes import Executor, Workers, resolve_executor
 from .activation import activation_matching, check_same_architecture
 from .apply import (
     Permutation,

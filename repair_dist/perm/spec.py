@@ -12,17 +12,12 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..passes.probes import Probe
 
-@dataclass(frozen=True)
-class Probe:
-    """A place where activations are observed: the output of ``module`` (ReLU applied if asked).
 
-    Matching probes are post-ReLU activations; ``relu=True`` lets a spec observe the output of
-    a norm layer whose ReLU is applied functionally or by a shared module.
-    """
-
-    module: str
-    relu: bool = False
+def is_batch_norm(module: nn.Module | None) -> bool:
+    """A norm that keeps running statistics: REPAIR resets it instead of folding a correction."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
 
 
 @dataclass(frozen=True)
@@ -122,21 +117,40 @@ class SpecBuilder:
         if bias:
             self.axes[f"{module}.bias"] = (out,)
 
-    def norm(self, module: str | None, group: str, *, kind: str) -> None:
-        """A normalisation layer acting per channel of ``group`` (bn | ln | none)."""
-        if module is None or kind == "none":
-            return
-        self.axes[f"{module}.weight"] = (group,)
-        self.axes[f"{module}.bias"] = (group,)
-        if kind in ("bn", "psbn"):
-            self.axes[f"{module}.running_mean"] = (group,)
-            self.axes[f"{module}.running_var"] = (group,)
+    def norm(self, name: str, module: nn.Module, group: str) -> None:
+        """A normalisation layer acting per channel of ``group``.
+
+        Its permuted tensors are read off the module itself (affine weight/bias, BatchNorm
+        running statistics), so a new norm kind needs no change here. Identity: nothing.
+        """
+        for tensor in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(module, tensor, None) is not None:
+                self.axes[f"{name}.{tensor}"] = (group,)
 
     def probe(self, group: str, module: str, *, relu: bool = False) -> None:
         self.match_probes.setdefault(group, []).append(Probe(module, relu))
 
-    def repair(self, module: str, group: str, norm: str | None) -> None:
+    def repair(self, module: str, group: str, norm: str | None = None) -> None:
+        """A REPAIR point; ``norm`` names the BatchNorm that consumes the output, if any."""
         self.repair_points.append(RepairPoint(module, group, norm))
+
+    def layer_with_norm(
+        self,
+        layer: str,
+        group: str,
+        inp: str | None,
+        *,
+        bias: bool,
+        ndim: int,
+        norm_name: str,
+        norm: nn.Module,
+    ) -> None:
+        """A conv/linear layer and the norm that directly consumes its output (both on
+        ``group``), plus its REPAIR point: a BN reset if the norm keeps running statistics,
+        a folded correction otherwise."""
+        self.layer(layer, group, inp, bias=bias, ndim=ndim)
+        self.norm(norm_name, norm, group)
+        self.repair(layer, group, norm_name if is_batch_norm(norm) else None)
 
     def build(self) -> PermutationSpec:
         return PermutationSpec(
@@ -146,7 +160,7 @@ class SpecBuilder:
         )
 
 
-def permutation_spec(net: nn.Module, **options: object) -> PermutationSpec:
+def permutation_spec(net: nn.Module) -> PermutationSpec:
     """The spec of a net from this package (every model implements ``permutation_spec()``)."""
     builder = getattr(net, "permutation_spec", None)
     if builder is None:
@@ -154,6 +168,6 @@ def permutation_spec(net: nn.Module, **options: object) -> PermutationSpec:
             f"{type(net).__name__} declares no permutation spec; build it with "
             "repair_dist.build_model or give it a permutation_spec() method"
         )
-    spec = builder(**options)
+    spec = builder()
     spec.validate(net)
     return spec

@@ -23,7 +23,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..data.batches import BatchPlan
-from ..execution import Workers
+from ..passes import Workers
 from .activation import check_same_architecture
 from .apply import Permutation, permute_state_dict
 from .many import check_workers

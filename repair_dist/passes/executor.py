@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
-from .data.batches import BatchPlan
+from ..data.batches import BatchPlan
 
 
 @runtime_checkable
@@ -41,7 +41,7 @@ def resolve_executor(workers: Workers = 1) -> Executor:
         raise ValueError(f"workers must be a positive int or an executor (got {workers!r})")
     if workers == 1:
         return LocalExecutor()
-    from .distributed import pool_of_size  # only the distributed layer imports Ray
+    from ..distributed import pool_of_size  # only the distributed layer imports Ray
 
     return pool_of_size(workers)
 

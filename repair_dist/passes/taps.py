@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .perm.spec import Probe
+from .probes import Probe
 
 
 def _observe(probe: Probe, out: torch.Tensor) -> torch.Tensor:
@@ -45,21 +45,6 @@ def transform_outputs(
     handles = [
         modules[name].register_forward_hook(lambda _m, _i, out, f=f: f(out))
         for name, f in transforms.items()
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def observe_inputs(net: nn.Module, names: Iterable[str], fn: Callable[[str, torch.Tensor], None]):
-    """While active, call ``fn(name, input)`` with the first input of each named module."""
-    modules = dict(net.named_modules())
-    handles = [
-        modules[name].register_forward_pre_hook(lambda _m, inp, name=name: fn(name, inp[0]))
-        for name in names
     ]
     try:
         yield

@@ -170,10 +170,14 @@ def _safe_div(num: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
 class StatsDict(dict):
     """A dict of mergeable statistics that is itself mergeable (key by key)."""
 
+    def add(self, key: object, part: object) -> None:
+        """Merge one partial result into ``self[key]`` in place (the per-batch update)."""
+        self[key] = self[key].merge(part) if key in self else part
+
     def merge(self, other: dict) -> StatsDict:
         out = StatsDict(self)
         for k, v in other.items():
-            out[k] = out[k].merge(v) if k in out else v
+            out.add(k, v)
         return out
 
     def cpu(self) -> StatsDict:

@@ -1,0 +1,137 @@
+"""The passes over data that every study shares, as pure functions ``(nets, batches, ...) -> additive partial result``.
+
+Each function consumes an iterable of batches and returns an object with ``merge()``; the
+partial results of disjoint batch shards merge to the result over all batches. Running one
+function over the whole plan (``workers=1``) or over N shards on N Ray actors gives the same
+answer up to float rounding, so the science never depends on how the work is split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batches import Batch
+from .probes import Probe
+from .stats import CoMoments, CrossMoments, StatsDict
+from .taps import tap
+
+
+def device_of(net: nn.Module) -> torch.device:
+    for p in net.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def alignment_stats_pass(
+    net_a: nn.Module,
+    net_b: nn.Module,
+    *,
+    batches: Iterable[Batch],
+    probes: Sequence[Probe],
+    moments_only: Sequence[Probe] = (),
+) -> StatsDict:
+    """One forward of A and B per batch; cross moments of every probe at once.
+
+    Probes in ``moments_only`` keep per-channel moments of A and B but skip the A x B cross
+    matrix (REPAIR's goal statistics need no more unless ``closed_form`` is asked for).
+
+    Permuting B does not change its function, so the correlations of every permutation group
+    (and the endpoint statistics REPAIR needs) come from this single pass over unpermuted nets.
+    """
+    net_a.eval()
+    net_b.eval()
+    device = device_of(net_a)
+    probes = list(dict.fromkeys(probes))
+    skip = set(moments_only)
+    acts_a: dict[Probe, torch.Tensor] = {}
+    acts_b: dict[Probe, torch.Tensor] = {}
+    out = StatsDict()
+    with tap(net_a, probes, acts_a), tap(net_b, probes, acts_b):
+        for x, _ in batches:
+            x = x.to(device, non_blocking=True)
+            net_a(x)
+            net_b(x)
+            for p in probes:
+                part = CrossMoments.from_batch(acts_a.pop(p), acts_b.pop(p), p not in skip)
+                out.add(p, part)
+    return out.cpu()
+
+
+@torch.no_grad()
+def channel_stats_pass(
+    *nets: nn.Module, batches: Iterable[Batch], modules: Sequence[str]
+) -> StatsDict:
+    """Joint per-channel statistics of K already-aligned nets at the outputs of ``modules``."""
+    for n in nets:
+        n.eval()
+    device = device_of(nets[0])
+    probes = [Probe(m) for m in dict.fromkeys(modules)]
+    stores: list[dict[Probe, torch.Tensor]] = [{} for _ in nets]
+    out = StatsDict()
+    with ExitStack() as stack:
+        for n, s in zip(nets, stores, strict=True):
+            stack.enter_context(tap(n, probes, s))
+        for x, _ in batches:
+            x = x.to(device, non_blocking=True)
+            for n in nets:
+                n(x)
+            for p in probes:
+                out.add(p.module, CoMoments.from_batch(*(s.pop(p) for s in stores)))
+    return out.cpu()
+
+
+@dataclass
+class EvalTotals:
+    """Summed loss, correct count and examples; optionally channel stats at some modules."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    n: int = 0
+    points: StatsDict = field(default_factory=StatsDict)
+
+    def merge(self, other: EvalTotals) -> EvalTotals:
+        return EvalTotals(
+            self.loss_sum + other.loss_sum,
+            self.correct + other.correct,
+            self.n + other.n,
+            self.points.merge(other.points),
+        )
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.n, 1)
+
+    @property
+    def acc(self) -> float:
+        return self.correct / max(self.n, 1)
+
+
+@torch.no_grad()
+def evaluation_pass(
+    net: nn.Module, *, batches: Iterable[Batch], points: Sequence[str] = ()
+) -> EvalTotals:
+    """Cross-entropy and accuracy (eval mode), plus channel stats at ``points`` if asked."""
+    net.eval()
+    device = device_of(net)
+    probes = [Probe(m) for m in dict.fromkeys(points)]
+    store: dict[Probe, torch.Tensor] = {}
+    totals = EvalTotals()
+    with tap(net, probes, store):
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = net(x).float()
+            totals.loss_sum += float(F.cross_entropy(logits, y, reduction="sum").double())
+            totals.correct += int((logits.argmax(1) == y).sum())
+            totals.n += int(y.numel())
+            for p in probes:
+                part = CoMoments.from_batch(store.pop(p))
+                totals.points.add(p.module, part)
+    totals.points = totals.points.cpu()
+    return totals
