@@ -248,6 +248,7 @@ def _bad_inputs(net):
         (lambda d: rd.align_many(two, None, method="activation"), "needs train data"),
         (lambda d: rd.merge_many(two, None, method="weight"), "needs train data"),
         (lambda d: rd.align_many(two, d, workers=0), "workers must be a positive int"),
+        (lambda d: rd.merge_many(two, d, workers=-2), "workers must be a positive int"),
         (lambda d: rd.ste_matching(net, other, d), "architectures differ"),
         (lambda d: rd.ste_matching(net, net, d, epochs=-1), "epochs must be an int >= 0"),
         (lambda d: rd.ste_matching(net, net, d, lr=0.0), "lr must be a positive number"),

@@ -167,6 +167,7 @@ def align_many(
     check_nets(nets)
     check_method(method)
     ref = check_reference(reference, len(nets))
+    check_workers(workers)
     if method == "activation" and train is None:
         raise ValueError("activation alignment needs train data (align_many(nets, train, ...))")
     spec = spec or permutation_spec(nets[0])
@@ -178,7 +179,7 @@ def align_many(
         relabel = invert_permutation(perms[ref])
         return [compose_permutations(p, relabel) for p in perms]
     # Only activation matching passes over data; the others must not start a Ray pool.
-    executor = resolve_executor(workers) if method == "activation" else check_workers(workers)
+    executor = resolve_executor(workers) if method == "activation" else workers
     out = []
     for k, net in enumerate(nets):
         if k == ref:
