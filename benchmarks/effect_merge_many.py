@@ -20,7 +20,7 @@ numbers are on the digits test split. Regenerate with:
 
     PYTHONPATH=$PWD python benchmarks/effect_merge_many.py [--quick] [--json PATH]
 
-torch.set_num_threads(1); the full run took 648 s on a shared, heavily loaded 2-core machine.
+torch.set_num_threads(1); the full run took 320-650 s on a shared 2-core machine (load-dependent).
 """
 
 from __future__ import annotations
