@@ -260,3 +260,18 @@ def test_bad_input_is_one_line_before_any_compute(net):
         with pytest.raises((ValueError, TypeError), match=message) as err:
             call(_Untouchable())
         assert "\n" not in str(err.value), message
+
+
+def test_ste_is_a_pair_method_of_the_merge_trial(gaussian_images):
+    """``method="ste"`` goes through the matcher registry: the trial's permutation is exactly
+    what ``ste_matching`` returns for the trial's train set and seed."""
+    from repair_dist.pipeline import METHODS, merge_trial
+
+    assert "ste" in METHODS
+    a, b = _woken_net(gaussian_images, 1), _woken_net(gaussian_images, 2)
+    small = TensorDataset(*gaussian_images[:128])  # 2 STE steps per epoch: seconds, not minutes
+    result = merge_trial(a, b, small, small, method="ste", variants=["full"], alphas=3, seed=5)
+    expected = rd.ste_matching(a, b, small, seed=5)
+    assert {g: p.tolist() for g, p in result.perm.items()} == {
+        g: p.tolist() for g, p in expected.items()
+    }

@@ -63,8 +63,9 @@ def ste_matching(
     weight matching of B to A. Defaults (30 epochs, SGD lr 0.1, momentum 0.9, batch 64) are
     tuned on deep plain digits MLPs, where 10 epochs at lr 0.01 barely move the projection.
     ``history`` (a list) receives every step's midpoint loss. A BatchPlan ``train`` gives its
-    dataset; the steps use their own shuffled ``batch_size`` batches. ``workers`` is checked and accepted so that every pair matcher has one signature, but the
-    optimisation is sequential SGD on one small batch per step and always runs in this process.
+    dataset; the steps use their own shuffled ``batch_size`` batches. ``workers`` is checked
+    and accepted so that every pair matcher has one signature, but the optimisation is
+    sequential SGD on one small batch per step and always runs in this process.
     """
     _check_args(epochs, lr, batch_size, momentum)
     check_workers(workers)
