@@ -27,6 +27,37 @@ class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low} (got {value})")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+    return value
+
+
 # ---- helpers -------------------------------------------------------------------------------
 
 
@@ -37,7 +68,10 @@ def _load_sweep_script(path: str, smoke: bool) -> Any:
         raise UsageError(f"sweep script {path!r} not found")
     spec = importlib.util.spec_from_file_location(f"_sweep_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except SyntaxError as err:
+        raise UsageError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from err
     build = getattr(module, "build_sweep", None)
     if build is None:
         raise UsageError(f"{path}: defines no build_sweep(smoke: bool) -> Sweep")
@@ -103,21 +137,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import save_checkpoint
-    from .data import dataset_info, load_dataset
+    from .data import check_dataset, dataset_info, load_dataset
     from .metrics import evaluate
     from .models import build_model
     from .train import train_model
 
+    check_dataset(args.dataset, args.data_root)
     info = dataset_info(args.dataset, args.data_root)
     width = int(args.width) if float(args.width).is_integer() else args.width  # mlp: units
     kwargs: dict[str, Any] = {"width": width, "norm": args.norm}
     if args.depth is not None:
         kwargs["depth"] = args.depth
-    train, test = load_dataset(args.dataset, root=args.data_root)
     torch.manual_seed(args.seed)
-    net = build_model(
+    net = build_model(  # before the data is read: a bad depth or width fails at once
         args.model, in_shape=info["in_shape"], num_classes=info["num_classes"], **kwargs
     )
+    train, test = load_dataset(args.dataset, root=args.data_root)
     net = train_model(net, train, epochs=args.epochs, seed=args.seed)
     metrics = {f"test_{k}": v for k, v in evaluate(net, test).items()}
     meta = {"dataset": args.dataset, "seed": args.seed, "epochs": args.epochs, **metrics}
@@ -289,7 +324,11 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repair-dist", description=__doc__.splitlines()[0])
+    from .models import MODEL_NAMES, NORMS
+    from .pipeline import METHODS
+    from .repair import VARIANTS
+
+    parser = _Parser(prog="repair-dist", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -303,13 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="train one net into a checkpoint directory")
-    p.add_argument("--model", required=True)
-    p.add_argument("--width", type=float, default=1)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--norm", default="none")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--width", type=_positive_float, default=1)
+    p.add_argument("--depth", type=_int_at_least(1))
+    p.add_argument("--norm", default="none", choices=NORMS)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=_int_at_least(0), default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train)
@@ -330,14 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="align, merge and REPAIR two checkpoints")
     p.add_argument("dir_a")
     p.add_argument("dir_b")
-    p.add_argument("--method", default="activation", choices=("activation", "weight"))
-    p.add_argument(
-        "--variants", nargs="+", default=["reset", "full", "rescale", "reshift", "closed_form"]
-    )
-    p.add_argument("--alphas", type=int, default=11)
+    p.add_argument("--method", default="activation", choices=METHODS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--alphas", type=_int_at_least(2), default=11, help="points on the path")
     p.add_argument("--dataset")
     p.add_argument("--data-root")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_int_at_least(1), default=1)
     p.add_argument("--out")
     p.set_defaults(func=cmd_merge)
 
@@ -378,11 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .sweep.config import SweepConfigError
     from .sweep.runner import SweepIncomplete
+    from .sweep.tracking import TrackingUnavailable
 
-    return (UsageError, SweepConfigError, CheckpointError, SweepIncomplete, FileNotFoundError)
+    # ValueError/TypeError: the library's way to reject a bad input (house rule), which
+    # includes SweepConfigError and CheckpointError.
+    return (
+        UsageError,
+        ValueError,
+        TypeError,
+        SweepIncomplete,
+        TrackingUnavailable,
+        FileNotFoundError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def script_main(build_sweep: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python sweeps/X.py [--smoke] [--root ...]``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description=(build_sweep.__doc__ or "").strip().splitlines()[0]
         if build_sweep.__doc__
         else None
