@@ -415,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from .distributed import RayUnreachable
     from .sweep.runner import SweepIncomplete
     from .sweep.tracking import TrackingUnavailable
 
@@ -426,6 +427,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TypeError,
         SweepIncomplete,
         TrackingUnavailable,
+        RayUnreachable,
         FileNotFoundError,
     )
 
