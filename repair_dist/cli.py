@@ -8,11 +8,14 @@ traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,8 +98,13 @@ def _print_outcome(outcome: Any) -> None:
         f"{outcome.endpoints_trained} endpoints trained, {outcome.endpoints_reused} reused; "
         f"{outcome.seconds:.0f} s."
     )
-    for problem in outcome.mlflow_problems[:3]:
-        print(f"warning: MLflow: {problem} (Parquet is complete; run `repair-dist sync-mlflow`)")
+    if outcome.mlflow_problems:  # one line, however many trials it hit
+        more = len(outcome.mlflow_problems) - 1
+        print(
+            f"warning: MLflow: {outcome.mlflow_problems[0]}"
+            + (f" (and {more} more failure{'s' * (more > 1)})" if more else "")
+            + " (Parquet is complete; run `repair-dist sync-mlflow`)"
+        )
     print(f"\nParquet tables: {root}/{{endpoints,trials,curves,layers}}/sweep={outcome.sweep}/")
     print(f"Plots per trial: {root}/plots/sweep={outcome.sweep}/")
     if outcome.tracking_uri:
@@ -272,8 +280,46 @@ def _local_results(root: str, what: str) -> Any:
     return loc
 
 
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a server until it exits, or until SIGTERM/SIGINT/SIGHUP here, which stop it.
+
+    Why: the server runs in its own process group, its workers with it, and every signal
+    that ends us is passed to that whole group and awaited; before, SIGTERM killed this
+    process only and left the MLflow server listening on its port.
+    """
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    asked: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        asked.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in handled}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop_group(child)
+    return 0 if asked else code
+
+
+def _stop_group(child: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the child's process group, wait ``grace_s`` for it to empty, then SIGKILL."""
+    deadline = time.monotonic() + grace_s
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+        while time.monotonic() < deadline:
+            child.poll()  # reap our own child
+            os.killpg(child.pid, 0)  # raises ProcessLookupError once the group is gone
+            time.sleep(0.1)
+        os.killpg(child.pid, signal.SIGKILL)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .sweep.tracking import default_tracking_uri
+    from .sweep.tracking import default_tracking_uri, ensure_sqlite_store
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.expose:
         raise UsageError(f"refusing to serve MLflow on {args.host}: add --expose if you mean it")
@@ -282,12 +328,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
         loc = _local_results(args.root, "ui")
         uri = default_tracking_uri(loc)
         artifacts = ["--default-artifact-root", str(loc.mlflow_artifacts)]
+    ensure_sqlite_store(uri)  # built atomically here, not in place by the server
     cmd = [
         *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
         *("--host", args.host, "--port", str(args.port), *artifacts),
     ]
     print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", file=sys.stderr)
-    return subprocess.call(cmd)
+    return _serve(cmd, {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:

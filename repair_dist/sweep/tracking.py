@@ -38,6 +38,9 @@ import pandas as pd
 from ..location import SAFE_NAME, TABLES, Location
 from .results import TRIAL_ID_COLUMNS, read_table
 
+# No usage reporting from MLflow (its UI shows a banner otherwise); read per call by MLflow.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 if TYPE_CHECKING:  # mlflow is imported lazily: it costs seconds and only trackers need it
     from mlflow.tracking import MlflowClient
 
