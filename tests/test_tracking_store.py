@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy.exc
 from mlflow.tracking import MlflowClient
@@ -63,8 +64,9 @@ def _forget_checked_stores(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _log_one_run(uri: str) -> None:
     tracker = Tracker(uri, "s")
-    tracker.log_endpoint("e0", {"model": "mlp"}, {"acc": 0.5})
-    assert tracker.find_run("endpoint_key", "e0") is not None
+    barriers = pd.DataFrame([{"variant": "full", "barrier_acc_mid": 0.1}])
+    tracker.log_trial("t0", {"model": "mlp"}, barriers, pd.DataFrame())
+    assert tracker.logged_keys("trial_key") == {"t0"}
 
 
 def test_a_store_half_built_by_a_killed_creation_is_moved_aside_and_rebuilt(
