@@ -306,14 +306,39 @@ def _serve(cmd: list[str], env: dict[str, str]) -> int:
     return 0 if asked else code
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a member that is not a zombie.
+
+    Zombies count as gone: orphaned workers wait for init to reap them, which can take
+    seconds in a container. Without /proc, any member counts.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp
+                return True
+    return False
+
+
 def _stop_group(child: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the child's process group, wait ``grace_s`` for it to empty, then SIGKILL."""
+    """SIGTERM the child's process group, wait ``grace_s`` for it to end, then SIGKILL."""
     deadline = time.monotonic() + grace_s
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGTERM)
         while time.monotonic() < deadline:
             child.poll()  # reap our own child
-            os.killpg(child.pid, 0)  # raises ProcessLookupError once the group is gone
+            if not _group_alive(child.pid):
+                return
             time.sleep(0.1)
         os.killpg(child.pid, signal.SIGKILL)
 
