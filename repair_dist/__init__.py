@@ -8,6 +8,7 @@ from .collapse import filter_collapse
 from .curves import KINDS as CURVE_KINDS
 from .curves import Curve, curve_barriers, curve_profile, fit_curve
 from .data import BatchPlan, load_dataset
+from .many import ensemble, merge_many
 from .merge import interpolate
 from .metrics import barriers, collapsed_filters, evaluate
 from .models import MODEL_NAMES, build_model
@@ -19,6 +20,8 @@ from .perm import (
     permutation_spec,
     weight_matching,
 )
+from .perm.many import align_many
+from .perm.ste import ste_matching
 from .pipeline import alpha_grid, interpolation_curve, merge_trial
 
 # ``rd.prune`` is the function; the module is ``repair_dist.prune`` (import names from it).
@@ -36,6 +39,7 @@ __all__ = [
     "BatchPlan",
     "Curve",
     "activation_matching",
+    "align_many",
     "alignment_statistics",
     "alpha_grid",
     "apply_permutation",
@@ -45,6 +49,7 @@ __all__ = [
     "curve_barriers",
     "curve_profile",
     "endpoint_statistics",
+    "ensemble",
     "evaluate",
     "filter_collapse",
     "fit_curve",
@@ -52,12 +57,14 @@ __all__ = [
     "interpolation_curve",
     "load_dataset",
     "measured_sparsity",
+    "merge_many",
     "merge_trial",
     "permutation_from_stats",
     "permutation_spec",
     "prune",
     "repair",
     "repair_pruned",
+    "ste_matching",
     "train_model",
     "weight_matching",
 ]

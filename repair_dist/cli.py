@@ -8,11 +8,14 @@ traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,37 @@ class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low} (got {value})")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+    return value
+
+
 # ---- helpers -------------------------------------------------------------------------------
 
 
@@ -39,7 +73,10 @@ def _load_sweep_script(path: str, smoke: bool) -> Any:
         raise UsageError(f"sweep script {path!r} not found")
     spec = importlib.util.spec_from_file_location(f"_sweep_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except SyntaxError as err:
+        raise UsageError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from err
     build = getattr(module, "build_sweep", None)
     if build is None:
         raise UsageError(f"{path}: defines no build_sweep(smoke: bool) -> Sweep")
@@ -79,8 +116,13 @@ def _print_outcome(outcome: Any) -> None:
         f"{outcome.endpoints_trained} endpoints trained, {outcome.endpoints_reused} reused; "
         f"{outcome.seconds:.0f} s."
     )
-    for problem in outcome.mlflow_problems[:3]:
-        print(f"warning: MLflow: {problem} (Parquet is complete; run `repair-dist sync-mlflow`)")
+    if outcome.mlflow_problems:  # one line, however many trials it hit
+        more = len(outcome.mlflow_problems) - 1
+        print(
+            f"warning: MLflow: {outcome.mlflow_problems[0]}"
+            + (f" (and {more} more failure{'s' * (more > 1)})" if more else "")
+            + " (Parquet is complete; run `repair-dist sync-mlflow`)"
+        )
     tables = ",".join(TABLES)
     print(f"\nParquet tables: {root}/{{{tables}}}/sweep={outcome.sweep}/")
     print(f"Plots per trial: {root}/plots/sweep={outcome.sweep}/")
@@ -122,21 +164,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import save_checkpoint
-    from .data import dataset_info, load_dataset
+    from .data import check_dataset, dataset_info, load_dataset
     from .metrics import evaluate
     from .models import build_model
     from .train import train_model
 
+    check_dataset(args.dataset, args.data_root)
     info = dataset_info(args.dataset, args.data_root)
     width = int(args.width) if float(args.width).is_integer() else args.width  # mlp: units
     kwargs: dict[str, Any] = {"width": width, "norm": args.norm}
     if args.depth is not None:
         kwargs["depth"] = args.depth
-    train, test = load_dataset(args.dataset, root=args.data_root)
     torch.manual_seed(args.seed)
-    net = build_model(
+    net = build_model(  # before the data is read: a bad depth or width fails at once
         args.model, in_shape=info["in_shape"], num_classes=info["num_classes"], **kwargs
     )
+    train, test = load_dataset(args.dataset, root=args.data_root)
     net = train_model(net, train, epochs=args.epochs, seed=args.seed)
     metrics = {f"test_{k}": v for k, v in evaluate(net, test).items()}
     meta = {"dataset": args.dataset, "seed": args.seed, "epochs": args.epochs, **metrics}
@@ -284,8 +327,71 @@ def _local_results(root: str, what: str) -> Any:
     return loc
 
 
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a server until it exits, or until SIGTERM/SIGINT/SIGHUP here, which stop it.
+
+    Why: the server runs in its own process group, its workers with it, and every signal
+    that ends us is passed to that whole group and awaited; before, SIGTERM killed this
+    process only and left the MLflow server listening on its port.
+    """
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    asked: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        asked.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in handled}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop_group(child)
+    return 0 if asked else code
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a member that is not a zombie.
+
+    Zombies count as gone: orphaned workers wait for init to reap them, which can take
+    seconds in a container. Without /proc, any member counts.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp
+                return True
+    return False
+
+
+def _stop_group(child: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the child's process group, wait ``grace_s`` for it to end, then SIGKILL."""
+    deadline = time.monotonic() + grace_s
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+        while time.monotonic() < deadline:
+            child.poll()  # reap our own child
+            if not _group_alive(child.pid):
+                return
+            time.sleep(0.1)
+        os.killpg(child.pid, signal.SIGKILL)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .sweep.tracking import default_tracking_uri
+    from .sweep.tracking import default_tracking_uri, ensure_sqlite_store
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.expose:
         raise UsageError(f"refusing to serve MLflow on {args.host}: add --expose if you mean it")
@@ -294,12 +400,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
         loc = _local_results(args.root, "ui")
         uri = default_tracking_uri(loc)
         artifacts = ["--default-artifact-root", str(loc.mlflow_artifacts)]
+    ensure_sqlite_store(uri)  # built atomically here, not in place by the server
     cmd = [
         *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
         *("--host", args.host, "--port", str(args.port), *artifacts),
     ]
     print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", file=sys.stderr)
-    return subprocess.call(cmd)
+    return _serve(cmd, {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
@@ -336,7 +443,11 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repair-dist", description=__doc__.splitlines()[0])
+    from .models import MODEL_NAMES, NORMS
+    from .pipeline import METHODS
+    from .repair import VARIANTS
+
+    parser = _Parser(prog="repair-dist", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -350,13 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="train one net into a checkpoint directory")
-    p.add_argument("--model", required=True)
-    p.add_argument("--width", type=float, default=1)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--norm", default="none")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--width", type=_positive_float, default=1)
+    p.add_argument("--depth", type=_int_at_least(1))
+    p.add_argument("--norm", default="none", choices=NORMS)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=_int_at_least(0), default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train)
@@ -377,14 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="align, merge and REPAIR two checkpoints")
     p.add_argument("dir_a")
     p.add_argument("dir_b")
-    p.add_argument("--method", default="activation", choices=("activation", "weight"))
-    p.add_argument(
-        "--variants", nargs="+", default=["reset", "full", "rescale", "reshift", "closed_form"]
-    )
-    p.add_argument("--alphas", type=int, default=11)
+    p.add_argument("--method", default="activation", choices=METHODS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--alphas", type=_int_at_least(2), default=11, help="points on the path")
     p.add_argument("--dataset")
     p.add_argument("--data-root")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_int_at_least(1), default=1)
     p.add_argument("--out")
     p.set_defaults(func=cmd_merge)
 
@@ -431,11 +540,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .sweep.config import SweepConfigError
+    from .distributed import RayUnreachable
     from .sweep.runner import SweepIncomplete
+    from .sweep.tracking import TrackingUnavailable
 
-    return (UsageError, SweepConfigError, CheckpointError, SweepIncomplete, FileNotFoundError)
+    # ValueError/TypeError: the library's way to reject a bad input (house rule), which
+    # includes SweepConfigError and CheckpointError.
+    return (
+        UsageError,
+        ValueError,
+        TypeError,
+        SweepIncomplete,
+        TrackingUnavailable,
+        RayUnreachable,
+        FileNotFoundError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -455,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def script_main(build_sweep: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python sweeps/X.py [--smoke] [--root ...]``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description=(build_sweep.__doc__ or "").strip().splitlines()[0]
         if build_sweep.__doc__
         else None

@@ -135,7 +135,9 @@ class Curve:
     """Endpoints + the trained point M (a plain state dict of the architecture) + the kind.
 
     ``history`` holds the mean training loss per epoch of :func:`fit_curve` and ``seconds``
-    its wall time (both empty/zero for a curve rebuilt from a saved M).
+    its wall time (both empty/zero for a curve rebuilt from a saved M). ``train`` is the data
+    the curve was fitted on: :meth:`at` re-estimates BN statistics on it unless given other
+    data (a curve rebuilt from a saved M has none until one is passed).
     """
 
     net_a: nn.Module
@@ -144,6 +146,7 @@ class Curve:
     kind: str = "bezier"
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    train: Dataset | BatchPlan | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_kind(self.kind)
@@ -176,7 +179,8 @@ class Curve:
         batch_size: int = 500,
         workers: Workers = 1,
     ) -> nn.Module:
-        """phi(t) ready to evaluate: for BN nets, statistics re-estimated at t on ``data``.
+        """phi(t) ready to evaluate: for BN nets, statistics re-estimated at t on ``data``
+        (default: the data the curve was fitted on).
 
         The re-estimate is REPAIR's ``reset`` (one sharded pass over ``data``), because BN
         buffers combined along the curve describe no set of weights. Nets without BN need
@@ -184,9 +188,10 @@ class Curve:
         """
         t = _check_t(t)
         bn = has_batchnorm(self.net_a)
+        data = self.train if data is None else data
         if bn and data is None:
             raise ValueError(
-                "this curve has BatchNorm: pass data to re-estimate its statistics at t"
+                "this curve has BatchNorm and no fitting data: pass data to re-estimate its statistics at t"
             )
         net = self.point(t)
         if not bn:
@@ -307,6 +312,7 @@ def fit_curve(
         kind,
         history=history,
         seconds=time.perf_counter() - start,
+        train=train,
     )
 
 

@@ -177,6 +177,7 @@ def merge_trial(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown REPAIR variants {unknown}; choose from {', '.join(VARIANTS)}")
+    alphas = alpha_grid(alphas)  # a bad grid fails here, before any pass over data
     start = time.perf_counter()
     spec = permutation_spec(net_a)
     executor = resolve_executor(workers)

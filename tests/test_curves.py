@@ -89,6 +89,9 @@ def test_curve_ends_compute_the_endpoints_exactly(endpoints, small_train, digits
     if arch == "vgg-bn":  # at(t) re-estimates BN statistics: at the ends, a reset of A / B
         reset = rd.repair(a, [a], [1.0], digits[0], "reset")
         _assert_same_state(curve.at(0.0, digits[0]), reset)
+        # without data, at(t) re-estimates on the data the curve was fitted on
+        fitted_on = rd.repair(a, [a], [1.0], small_train, "reset")
+        _assert_same_state(curve.at(0.0), fitted_on)
     else:
         _assert_same_state(curve.at(1.0), b)
 
@@ -234,5 +237,5 @@ def test_t_grid_outside_the_unit_interval_is_refused(endpoints, ts):
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         curve.at(1.2, _Untouchable())
-    with pytest.raises(ValueError, match="BatchNorm: pass data"):
+    with pytest.raises(ValueError, match="no fitting data: pass data"):
         curve.at(0.5)

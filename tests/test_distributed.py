@@ -191,3 +191,26 @@ def test_mixed_precision_workers_keep_float64_statistics_and_the_same_matching(r
     for key in exact:
         assert mixed[key].c_ab.dtype == torch.float64
         torch.testing.assert_close(mixed[key].corr(), exact[key].corr(), atol=0.05, rtol=0)
+
+
+def test_a_notebook_can_change_workers_freely(pools, gaussian_images):
+    """A cached pool of one size must not block a pool of another size (issue 14, item 11).
+
+    The module's pools hold 1.25 of 2 CPUs. A cached 2 x 0.25 pool leaves 0.25 free, so a
+    3 x 0.25 pool only starts if the idle cached pool is released first.
+    """
+    from repair_dist.distributed import pool_of_size
+
+    plan = BatchPlan(gaussian_images, 96)
+    net_a, net_b = _net("mlp", 0, depth=2, width=8), _net("mlp", 1, depth=2, width=8)
+    small = pool_of_size(2, WorkerResources(0.25))
+    first = rd.activation_matching(net_a, net_b, plan, workers=small)
+    start = time.monotonic()
+    larger = ShardPool(3, resources=WorkerResources(0.25), start_timeout_s=30)
+    try:
+        second = rd.activation_matching(net_a, net_b, plan, workers=larger)
+    finally:
+        larger.shutdown()
+    assert time.monotonic() - start < 30
+    assert not small.alive
+    assert all(torch.equal(first[g], second[g]) for g in first)

@@ -49,16 +49,25 @@ def monkeypatch_module():
     mp.undo()
 
 
-def _wait_for_endpoints(store_root: Path, count: int, timeout_s: float = 300) -> None:
+def _wait_for_a_trial_worker_on(node_id: str, root: Path, sweep, timeout_s: float = 300) -> dict:
+    """Block until a merge trial is running with a pass worker on ``node_id``; returns what
+    was seen. Pass workers (``ShardWorker`` actors) exist only inside merge trials, so one
+    alive on the node while no trial has finished yet means the first trial is mid-run."""
+    from ray._private import state
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (
-            store_root.is_dir()
-            and len([p for p in store_root.iterdir() if not p.name.startswith(".")]) >= count
-        ):
-            return
-        time.sleep(0.2)
-    raise TimeoutError("stage 1 did not finish")
+        alive = state.actors(actor_state_name="ALIVE").values()
+        workers = [
+            a["ActorID"]
+            for a in alive
+            if a["ActorClassName"] == "ShardWorker" and a["Address"]["NodeID"] == node_id
+        ]
+        finished = results.read_table(root, "trials", sweep.name, columns=["trial_key"])
+        if workers:
+            return {"workers": workers, "trials_finished": finished["trial_key"].nunique()}
+        time.sleep(0.05)
+    raise TimeoutError(f"no merge trial ran a pass worker on node {node_id}")
 
 
 def test_imagenet_smoke_survives_a_lost_gpu_node_and_matches_one_worker(gpu_cluster, tmp_path):
@@ -77,15 +86,20 @@ def test_imagenet_smoke_survives_a_lost_gpu_node_and_matches_one_worker(gpu_clus
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
-    _wait_for_endpoints(tmp_path / "checkpoints", len(sweep.endpoints()))
-    time.sleep(4.0)  # inside the first merge trial's passes
+    seen = _wait_for_a_trial_worker_on(nodes[0].node_id, tmp_path, sweep)
     c.remove_node(nodes[0], allow_graceful=False)
+    # The kill landed inside a trial: a trial's pass worker lived on that node, no trial had
+    # finished, and that worker died with the node.
+    assert seen["workers"] and seen["trials_finished"] == 0, seen
     c.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")  # the autoscaler's part
     driver.join(timeout=330)
     assert not driver.is_alive(), "the sweep did not finish after losing a node"
     if "error" in outcome:
         raise outcome["error"]
     assert outcome["out"].trials_run == len(sweep.trials())
+    from ray._private import state
+
+    assert all(state.actors(actor_id=w)["State"] == "DEAD" for w in seen["workers"])
 
     trials = results.read_table(tmp_path, "trials", sweep.name)
     assert set(trials["trial_key"]) == {t.key() for t in sweep.trials()}

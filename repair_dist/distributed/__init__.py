@@ -12,10 +12,11 @@ from .pool import (
     pool_of_size,
     shutdown_pools,
 )
-from .ray_init import LOOPBACK, connect, ensure_ray, init_local_ray
+from .ray_init import LOOPBACK, RayUnreachable, connect, ensure_ray, init_local_ray
 
 __all__ = [
     "LOOPBACK",
+    "RayUnreachable",
     "ResourceError",
     "ShardFailedError",
     "ShardPool",

@@ -161,6 +161,9 @@ class ShardPool:
         amp: bool = False,
     ) -> None:
         ensure_ray()
+        # Cached pools of this process are idle now (one pass runs at a time); left alive,
+        # their actors would hold the resources this pool waits for.
+        release_cached_pools()
         pg = get_current_placement_group() if placement_group == "current" else placement_group
         self._pg: PlacementGroup | None = pg  # type: ignore[assignment]
         self.resources, workers = self._size(workers, resources)
@@ -249,7 +252,12 @@ class ShardPool:
     # ----- the executor interface -------------------------------------------------------
     @property
     def alive(self) -> bool:
-        return ray.is_initialized() and ray.get_runtime_context().get_job_id() == self._job
+        """Whether this pool can still run passes (its Ray session is current, not shut down)."""
+        return (
+            bool(self._actors)
+            and ray.is_initialized()
+            and ray.get_runtime_context().get_job_id() == self._job
+        )
 
     def where(self) -> list[dict[str, Any]]:
         """Node/pid/device of every worker (waits for them to start)."""
@@ -351,18 +359,27 @@ def pool_of_size(
     """A cached pool of ``workers`` actors (created on first use in this Ray session).
 
     Inside a Tune trial the pool is bound to the trial's placement group; cached per group.
+    A process runs one pass at a time, so every other cached pool is idle: asking for a
+    different pool releases them first, otherwise their actors would keep holding the CPUs
+    (or GPUs) the new pool needs and it would wait for resources that never free up.
     """
     pg = get_current_placement_group()
     key = (workers, resources, None if pg is None else pg.id.hex(), amp)
     pool = _POOLS.get(key)
     if pool is None or not pool.alive:
-        pool = _POOLS[key] = ShardPool(workers, resources=resources, amp=amp)
+        pool = ShardPool(workers, resources=resources, amp=amp)  # releases the idle cached ones
+        _POOLS[key] = pool
     return pool
+
+
+def release_cached_pools() -> None:
+    """Shut down the cached pools: they are idle whenever this process starts a new pool."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        if pool.alive:
+            pool.shutdown()
 
 
 def shutdown_pools() -> None:
     """Kill every cached pool's actors (e.g. before ``ray.shutdown()``)."""
-    for pool in _POOLS.values():
-        if pool.alive:
-            pool.shutdown()
-    _POOLS.clear()
+    release_cached_pools()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import ray  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
+#: Seconds that joining a cluster waits for its address to accept a connection.
+CONNECT_TIMEOUT_S = 10.0
 #: Directory that holds the ``repair_dist`` package: put on the workers' PYTHONPATH.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -80,6 +83,40 @@ def init_local_ray(num_cpus: int | None = None, **kw: Any) -> Any:
         return ray.init(**options)
 
 
+class RayUnreachable(ConnectionError):
+    """Nothing accepts connections at a Ray address (one line; Ray itself retries for minutes)."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto``/``local``."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise :class:`RayUnreachable` unless ``address`` accepts a TCP connection in ``timeout``.
+
+    Why: ``ray.init(address=...)`` on an address where nothing listens does not fail; it
+    retries with a repeating warning for minutes. A plain TCP connect answers in milliseconds
+    (refused) or at most ``timeout`` seconds (a host that drops packets).
+    """
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as err:
+        why = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise RayUnreachable(
+            f"no Ray cluster at {address} ({why.lower()}, waited up to {timeout:g} s): "
+            "start one with `ray start --head`, or fix --address / $RAY_ADDRESS"
+        ) from err
+
+
 def connect(address: str = "auto", **kw: Any) -> Any:
     """Join an existing cluster: ``"auto"`` (this node runs Ray), ``host:port`` or ``ray://``.
 
@@ -88,6 +125,7 @@ def connect(address: str = "auto", **kw: Any) -> Any:
     """
     if ray.is_initialized():
         return ray.get_runtime_context()
+    check_reachable(address)
     options: dict[str, Any] = {
         "address": address,
         "ignore_reinit_error": True,

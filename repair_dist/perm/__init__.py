@@ -16,11 +16,14 @@ from .apply import (
     permute_state_dict,
     random_permutation,
 )
+from .many import ALIGN_METHODS, align_many, merge_many_objective
 from .matchers import MATCHING_METHODS, MatchingMethod, MatchInputs, matching_method
 from .spec import PermutationSpec, RepairPoint, SpecBuilder, permutation_spec
-from .weight import matching_objective, weight_matching
+from .ste import ste_matching
+from .weight import match_weights, matching_objective, weight_matching
 
 __all__ = [
+    "ALIGN_METHODS",
     "MATCHING_METHODS",
     "MatchInputs",
     "MatchingMethod",
@@ -29,6 +32,7 @@ __all__ = [
     "RepairPoint",
     "SpecBuilder",
     "activation_matching",
+    "align_many",
     "alignment_probes",
     "alignment_statistics",
     "apply_permutation",
@@ -36,11 +40,14 @@ __all__ = [
     "compose_permutations",
     "identity_permutation",
     "invert_permutation",
+    "match_weights",
     "matching_method",
     "matching_objective",
+    "merge_many_objective",
     "permutation_from_stats",
     "permutation_spec",
     "permute_state_dict",
     "random_permutation",
+    "ste_matching",
     "weight_matching",
 ]

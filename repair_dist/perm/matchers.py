@@ -19,6 +19,7 @@ from ..passes import StatsDict, Workers
 from .activation import permutation_from_stats
 from .apply import Permutation
 from .spec import PermutationSpec
+from .ste import ste_matching
 from .weight import weight_matching
 
 
@@ -54,9 +55,16 @@ def _weight(inputs: MatchInputs) -> Permutation:
     return weight_matching(inputs.net_a, inputs.net_b, spec=inputs.spec, seed=inputs.seed)
 
 
+def _ste(inputs: MatchInputs) -> Permutation:
+    if inputs.data is None:
+        raise ValueError("STE matching trains on data: pass the trial's train set")
+    return ste_matching(inputs.net_a, inputs.net_b, inputs.data, seed=inputs.seed, spec=inputs.spec)
+
+
 MATCHING_METHODS: dict[str, MatchingMethod] = {
     "activation": MatchingMethod(_activation, needs_correlations=True),
     "weight": MatchingMethod(_weight, needs_correlations=False),
+    "ste": MatchingMethod(_ste, needs_correlations=False),
 }
 
 

@@ -55,8 +55,35 @@ def weight_matching(
     """
     spec = spec or permutation_spec(net_a)
     check_same_architecture(net_a, net_b)
-    pa, pb = _parameters(net_a, spec), _parameters(net_b, spec)
-    sizes = spec.group_sizes(net_a)
+    return match_weights(
+        _parameters(net_a, spec),
+        _parameters(net_b, spec),
+        spec,
+        spec.group_sizes(net_a),
+        max_iter=max_iter,
+        seed=seed,
+        init=init,
+        history=history,
+    )
+
+
+def match_weights(
+    pa: dict[str, torch.Tensor],
+    pb: dict[str, torch.Tensor],
+    spec: PermutationSpec,
+    sizes: dict[str, int],
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    init: Permutation | None = None,
+    history: list[float] | None = None,
+) -> Permutation:
+    """Weight matching of parameter dicts: the target ``pa`` need not be a net.
+
+    MergeMany matches a net to the mean of the others and the straight-through estimator to a
+    free copy of the weights, so the coordinate descent works on float64 tensors keyed like
+    :func:`_parameters`; :func:`weight_matching` is this on two nets.
+    """
     perm = {g: p.clone() for g, p in (init or identity_permutation(sizes)).items()}
     members: dict[str, list[tuple[str, int]]] = {g: [] for g in sizes}
     for name, per_axis in spec.axes.items():

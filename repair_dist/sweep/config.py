@@ -29,6 +29,7 @@ from ..models import MODEL_NAMES
 from ..pipeline import METHODS, TRIAL_VARIANTS, alpha_grid
 from ..repair import VARIANTS
 from ..store import CheckpointStore, canonical_json
+from .fields import suggest_unknown_fields
 from .results import TRIAL_ID_COLUMNS
 from .studies import STUDIES, CurveConfig, PruningConfig, StudySpec
 
@@ -253,6 +254,7 @@ class TrialSpec:
 # --------------------------------------------------------------------------------------------
 
 
+@suggest_unknown_fields
 @dataclass(frozen=True)
 class ArchGrid:
     """One model and the widths x depths x norms to sweep for it (``None`` depth: default)."""
@@ -284,6 +286,7 @@ def _as_tuple(x: Any) -> Any:
     return x
 
 
+@suggest_unknown_fields
 @dataclass(frozen=True)
 class Sweep:
     """A whole study. ``seeds`` pair up consecutively ((0, 1), (2, 3), ...) unless ``pairs``

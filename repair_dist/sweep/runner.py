@@ -81,13 +81,45 @@ class SweepOutcome:
     mlflow_problems: list[str] = field(default_factory=list)
 
 
+class _NoTuneRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)": resuming a sweep means
+    rerunning the same command (resume is by content), which our own message says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+#: Tune logs its hint through the logger of ``ray.tune.tune``.
+TUNE_LOGGER = "ray.tune.tune"
+logging.getLogger(TUNE_LOGGER).addFilter(_NoTuneRestoreHint())
+
+
 class Progress(tune.Callback):
-    """One quiet line per finished trial: done/running/failed of total, with an ETA."""
+    """One quiet line per finished trial: done/running/failed of total, with an ETA.
+
+    Counted per trial id, not per event: Tune starts a retried trial again after
+    ``on_trial_recover`` (and may report a trial twice), so event counts drifted
+    ("10/12 done, 4 running" at the end of a sweep with retries).
+    """
 
     def __init__(self, stage: str, total: int) -> None:
         self.stage, self.total = stage, total
-        self.done = self.failed = self.running = 0
+        self._running: set[str] = set()
+        self._done: set[str] = set()
+        self._failed: set[str] = set()
         self.started = time.monotonic()
+
+    @property
+    def done(self) -> int:
+        return len(self._done)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def failed(self) -> int:
+        return len(self._failed)
 
     def _line(self) -> None:
         elapsed = time.monotonic() - self.started
@@ -101,14 +133,21 @@ class Progress(tune.Callback):
         )
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self.running += 1
+        self._running.add(trial.trial_id)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._running.discard(trial.trial_id)  # failed, will start again
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self.running, self.done = max(0, self.running - 1), self.done + 1
+        self._running.discard(trial.trial_id)
+        self._failed.discard(trial.trial_id)
+        self._done.add(trial.trial_id)
         self._line()
 
     def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self.running, self.failed = max(0, self.running - 1), self.failed + 1
+        self._running.discard(trial.trial_id)
+        if trial.trial_id not in self._done:
+            self._failed.add(trial.trial_id)
         self._line()
 
 
@@ -142,8 +181,9 @@ class TrialPublisher(tune.Callback):
         try:
             log_trial_to_mlflow(self.tracker, self.root, spec)
         except TrackingUnavailable as err:
+            if not self.problems:  # once: the sweep's summary repeats it with the count
+                log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
             self.problems.append(str(err))
-            log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
 
     def _publish_study(self, spec: StudySpec) -> None:
         try:
@@ -155,8 +195,9 @@ class TrialPublisher(tune.Callback):
         try:
             log_study_to_mlflow(self.tracker, self.root, spec)
         except TrackingUnavailable as err:
+            if not self.problems:  # once: the sweep's summary repeats it with the count
+                log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
             self.problems.append(str(err))
-            log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
 
     def _work(self) -> None:
         assert self._queue is not None

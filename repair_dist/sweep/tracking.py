@@ -21,8 +21,12 @@ processes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import math
 import os
+import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,6 +37,9 @@ import pandas as pd
 
 from ..location import SAFE_NAME, TABLES, Location
 from .results import TRIAL_ID_COLUMNS, read_table
+
+# No usage reporting from MLflow (its UI shows a banner otherwise); read per call by MLflow.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 if TYPE_CHECKING:  # mlflow is imported lazily: it costs seconds and only trackers need it
     from mlflow.tracking import MlflowClient
@@ -66,6 +73,9 @@ _PARAM_COLUMNS = (
 )
 _MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LEN = 1000, 100, 6000
 _ENV_LOCK = threading.RLock()
+log = logging.getLogger(__name__)
+#: sqlite stores checked complete (or built) by this process: checked once, not per call.
+_READY_STORES: set[str] = set()
 
 
 class TrackingUnavailable(RuntimeError):
@@ -101,6 +111,118 @@ def _sqlite_root(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///") :]).parent
+
+
+# ---- the sqlite store: built atomically ----------------------------------------------------
+
+
+def _latest_schema_revision() -> str:
+    """MLflow's newest schema revision (its own helper; private, so used in one place)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _forget_engine(uri: str) -> None:
+    """Drop MLflow's per-process engine of ``uri``: its pooled connections would follow a
+    moved-aside file (MLflow's own cache; private, so touched in this one place)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with SqlAlchemyStore._engine_map_lock:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _store_state(path: Path, head: str) -> tuple[str, str]:
+    """``(state, detail)``: ``absent``, ``ready``, ``incomplete`` (an interrupted creation:
+    schema short of ``head`` and no runs to lose), ``unreadable``, or ``other`` (an older
+    store with runs: left to MLflow, whose message asks for ``mlflow db upgrade``)."""
+    if not path.exists():
+        return "absent", ""
+    if path.stat().st_size == 0:
+        return "incomplete", "an empty file"
+    try:  # read-write, so that sqlite rolls back a hot journal left by a killed writer
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            version = None
+            if "alembic_version" in tables:
+                row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+                version = row[0] if row else None
+            leftovers = any(t.startswith("_alembic_tmp") for t in tables)
+            if version == head and not leftovers:
+                return "ready", ""
+            runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError as err:
+        if getattr(err, "sqlite_errorcode", None) not in (
+            sqlite3.SQLITE_NOTADB,
+            sqlite3.SQLITE_CORRUPT,
+        ):
+            raise  # locked, unwritable...: a problem of access, not of the store
+        return "unreadable", f"not a readable sqlite database ({err})"
+    detail = f"schema {version or 'none'} of {head}, {len(tables)} tables"
+    return ("incomplete" if runs == 0 else "other"), detail
+
+
+def _build_store(path: Path, artifact_root: str) -> None:
+    """Create and migrate a store in a temporary file beside ``path``, then link it into
+    place: a kill or a full disk mid-creation leaves no half-built ``path`` behind."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root)
+        _forget_engine(f"sqlite:///{tmp}")
+        try:
+            os.link(tmp, path)  # never replaces a store someone else made meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_sqlite_store(uri: str) -> None:
+    """Make sure the ``sqlite:///`` store of ``uri`` exists complete (other URIs: no-op).
+
+    Why: MLflow creates a store in place, running ~60 migrations over seconds; a kill or a
+    full disk in between left a half-built store on which every later log and
+    ``sync-mlflow`` failed for good. Here a new store is built aside and linked into place
+    under a file lock (parallel trackers build it once), and a store left half-built
+    earlier, which holds no runs, is moved aside with one warning and rebuilt.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :]).absolute()
+    if str(path) in _READY_STORES:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = _latest_schema_revision()
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        for orphan in path.parent.glob(f".{path.name}.creating-*"):  # from a killed builder
+            orphan.unlink(missing_ok=True)
+        state, detail = _store_state(path, head)
+        if state in ("incomplete", "unreadable"):
+            aside = path.with_name(f"{path.name}.{state}-{time.strftime('%Y%m%d-%H%M%S')}")
+            _forget_engine(uri)
+            os.replace(path, aside)
+            for suffix in ("-journal", "-wal", "-shm"):  # its sqlite side files go with it
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            log.warning(
+                "MLflow store %s was %s (%s; an interrupted creation?): moved it to %s and "
+                "built a new one; `repair-dist sync-mlflow` backfills runs from Parquet",
+                path,
+                "half-built" if state == "incomplete" else "unreadable",
+                detail,
+                aside,
+            )
+        if state not in ("ready", "other"):
+            _build_store(path, default_artifact_root(path.parent))
+    _READY_STORES.add(str(path))
 
 
 def _check_safe(what: str, value: str) -> str:
@@ -282,6 +404,7 @@ class Tracker:
         if self._client_obj is None:
             from mlflow.tracking import MlflowClient
 
+            ensure_sqlite_store(self.tracking_uri)
             self._client_obj = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client_obj
 
@@ -539,6 +662,7 @@ __all__ = [
     "curve_metrics",
     "default_artifact_root",
     "default_tracking_uri",
+    "ensure_sqlite_store",
     "sync_from_parquet",
     "trial_metrics",
 ]
