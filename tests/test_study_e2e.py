@@ -116,3 +116,33 @@ def test_curve_and_pruning_studies_land_once_and_a_rerun_redoes_nothing(
     assert "gamma_abs_median" in capsys.readouterr().out
     assert cli_main(["results", sweep.name, "--root", str(root), "--table", "curves"]) == 0
     assert "curve-aligned" in capsys.readouterr().out
+
+
+def test_with_mlflow_down_study_rows_still_land_and_the_next_run_logs_each_unit_once(
+    ray_ready, mlflow_root
+):
+    sweep = Sweep(
+        name="studies-offline",
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+        seeds=(0, 1),
+        epochs=1,
+        methods=(),
+        alphas=3,
+        curve=CurveConfig(epochs=1),
+        pruning=PruningConfig(sparsities=(0.9,), variants=("full",)),
+    )
+    units = sweep.study_trials()
+    out = run_sweep(sweep, root=mlflow_root, tracking_uri="http://127.0.0.1:9")  # nothing listens
+    assert out.mlflow_problems and out.studies_run == len(units)
+    assert len(results.read_table(mlflow_root, "pruning", sweep.name)) == 2 * 3  # 2 endpoints
+
+    uri = default_tracking_uri(mlflow_root)
+    for _ in range(2):  # the next runs compute nothing and log each unit once
+        again = run_sweep(sweep, root=mlflow_root)
+        assert (again.studies_run, again.studies_reused) == (0, len(units))
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(sweep.name)
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        keys = sorted(r.data.tags["trial_key"] for r in runs if "trial_key" in r.data.tags)
+        assert keys == sorted(u.key() for u in units)
