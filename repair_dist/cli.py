@@ -380,9 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .sweep.config import SweepConfigError
+    from .sweep.lock import SweepLocked
     from .sweep.runner import SweepIncomplete
 
-    return (UsageError, SweepConfigError, CheckpointError, SweepIncomplete, FileNotFoundError)
+    return (
+        UsageError,
+        SweepConfigError,
+        CheckpointError,
+        SweepIncomplete,
+        SweepLocked,
+        FileNotFoundError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from ..location import Location  # noqa: E402
 from ..store import CheckpointStore  # noqa: E402
 from . import results  # noqa: E402
 from .config import Sweep, TrialSpec  # noqa: E402
+from .lock import SweepLock  # noqa: E402
 from .tracking import (  # noqa: E402
     Tracker,
     TrackingUnavailable,
@@ -271,6 +272,22 @@ def run_sweep(
     ckpts = CheckpointStore(store if store is not None else loc.checkpoints)
     if tracking_uri is None and mlflow and loc.local:
         tracking_uri = default_tracking_uri(loc)
+    # One run per (root, sweep): a second one would redo all the work (see .lock).
+    with SweepLock(loc, sweep.name):
+        return _run_locked(sweep, loc, ckpts, tracking_uri, address, verbose, max_failures, started)
+
+
+def _run_locked(
+    sweep: Sweep,
+    loc: Location,
+    ckpts: CheckpointStore,
+    tracking_uri: str | None,
+    address: str | None,
+    verbose: int,
+    max_failures: int,
+    started: float,
+) -> SweepOutcome:
+    """The body of :func:`run_sweep`, run while this process holds the sweep's lock."""
     _ray_up(address)
     import ray
 
