@@ -31,12 +31,30 @@ from .checkpoint import (
     read_meta,
     register_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from .location import SAFE_NAME, SAFE_PUNCTUATION, Location
 
 #: Bump whenever training changes what an endpoint config produces: it is part of every
 #: endpoint key, so old checkpoints are then simply not found (and retrained) instead of reused.
 CODE_VERSION = "1"
+
+
+#: Where :meth:`CheckpointStore.quarantine` moves corrupt checkpoints (never a key: keys start
+#: with a letter or digit).
+QUARANTINE = "_quarantine"
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A stored checkpoint is present but damaged; the message names the file and the fix.
+
+    Never "absent": treating damage as absence retrains silently, which throws away registered
+    weights (e.g. a torchvision ResNet50) and, on ImageNet, starts an unannounced long training.
+    """
+
+    def __init__(self, message: str, *, key: str, registered: bool) -> None:
+        super().__init__(message)
+        self.key, self.registered = key, registered
 
 
 def canonical_json(obj: Any) -> str:
@@ -91,6 +109,63 @@ class CheckpointStore:
         """True when ``key`` is present and intact (meta.json parses, weights match sha256)."""
         return is_intact(self._dir(key))
 
+    def check(self, key: str) -> bool:
+        """True when ``key`` is intact, False when absent; :class:`CorruptCheckpoint` when damaged.
+
+        Absent means no ``meta.json``: a write that never finished (meta.json is published
+        last everywhere). A ``meta.json`` with unreadable contents or weights that are missing
+        or do not hash to its sha256 is damage, reported with the way out.
+        """
+        loc = self._dir(key)
+        if not loc.is_file(META_FILE):
+            return False
+        try:
+            verify_checkpoint(loc)
+        except CheckpointError as err:
+            raise self._corrupt(key, err) from None
+        return True
+
+    def _corrupt(self, key: str, err: CheckpointError) -> CorruptCheckpoint:
+        try:
+            meta = read_meta(self._dir(key))
+        except CheckpointError:
+            meta = {}
+        source = meta.get("registered_from") or meta.get("source")
+        where = f"{self.uri.rstrip('/')}/{QUARANTINE}/"
+        if source:
+            fix = (
+                f"these weights were registered from {source}: re-register them "
+                f"(repair-dist register {source} ...) or move {self.path(key)} aside; "
+                "registered weights are never retrained"
+            )
+        else:
+            fix = (
+                f"rerun with --retrain-corrupt to move it to {where} and train it again, "
+                f"or move {self.path(key)} aside yourself"
+            )
+        return CorruptCheckpoint(f"{err}; {fix}", key=key, registered=bool(source))
+
+    def quarantine(self, key: str) -> str:
+        """Move ``key``'s directory to ``<store>/_quarantine/<key>-<UTC time>``; returns it.
+
+        Kept, not deleted: a damaged file is evidence (a bad disk, a truncated upload).
+        """
+        import time
+
+        src = self._dir(key)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dst = self.location.child(QUARANTINE, f"{key}-{stamp}")
+        fs = self.location.fs
+        if self.local:
+            fs.create_dir(self.location.join(QUARANTINE), recursive=True)
+            fs.move(src.path, dst.path)  # one rename
+        else:  # object stores move files, not directories
+            for info in fs.get_file_info(pafs.FileSelector(src.path, recursive=True)):
+                if info.type == pafs.FileType.File:
+                    fs.copy_file(info.path, dst.join(info.path[len(src.path) + 1 :]))
+            fs.delete_dir(src.path)
+        return dst.uri
+
     def meta(self, key: str) -> dict:
         """``meta.json`` of ``key`` (not verified); CheckpointError if absent."""
         return read_meta(self._dir(key))
@@ -140,4 +215,11 @@ class CheckpointStore:
         delete_checkpoint(self._dir(key))
 
 
-__all__ = ["CODE_VERSION", "CheckpointError", "CheckpointStore", "canonical_json"]
+__all__ = [
+    "CODE_VERSION",
+    "QUARANTINE",
+    "CheckpointError",
+    "CheckpointStore",
+    "CorruptCheckpoint",
+    "canonical_json",
+]

@@ -32,9 +32,9 @@ from ray import tune  # noqa: E402
 
 from ..distributed import ensure_ray, init_local_ray  # noqa: E402
 from ..location import Location  # noqa: E402
-from ..store import CheckpointStore  # noqa: E402
+from ..store import CheckpointStore, CorruptCheckpoint  # noqa: E402
 from . import results  # noqa: E402
-from .config import Sweep, TrialSpec  # noqa: E402
+from .config import EndpointConfig, Sweep, TrialSpec  # noqa: E402
 from .lock import SweepLock  # noqa: E402
 from .tracking import (  # noqa: E402
     Tracker,
@@ -257,6 +257,7 @@ def run_sweep(
     verbose: int = 0,
     max_failures: int = 2,
     mlflow: bool = True,
+    retrain_corrupt: bool = False,
 ) -> SweepOutcome:
     """Validate, train missing endpoints, run unfinished trials, log, summarise.
 
@@ -264,7 +265,10 @@ def run_sweep(
     store (default ``<root>/checkpoints``); ``tracking_uri``: MLflow (default sqlite under a
     local root, none elsewhere); ``address``: an existing Ray cluster (default:
     ``$RAY_ADDRESS`` or a local loopback-only Ray). Raises SweepConfigError before anything
-    runs, SweepIncomplete when some trials did not finish (rerun the same call to resume).
+    runs, SweepIncomplete when some trials did not finish (rerun the same call to resume),
+    SweepLocked when another run of this sweep holds ``root``, CorruptCheckpoint when a stored
+    endpoint is damaged (``retrain_corrupt=True`` quarantines trained ones and retrains them;
+    registered weights are never retrained).
     """
     started = time.monotonic()
     validate_sweep(sweep)  # cheap checks before anything starts or is written
@@ -274,6 +278,7 @@ def run_sweep(
         tracking_uri = default_tracking_uri(loc)
     # One run per (root, sweep): a second one would redo all the work (see .lock).
     with SweepLock(loc, sweep.name):
+        _settle_corrupt(ckpts, sweep.endpoints(), retrain_corrupt)  # before Ray starts
         return _run_locked(sweep, loc, ckpts, tracking_uri, address, verbose, max_failures, started)
 
 
@@ -330,6 +335,7 @@ def _run_locked(
         )
     missing = [ep.key() for ep in endpoints if not ckpts.has(ep.key())]
     if missing:
+        _raise_if_corrupt(ckpts, endpoints)  # the cause, as the last line, not "rerun"
         raise SweepIncomplete(
             f"sweep {sweep.name!r}: {len(missing)} of {len(endpoints)} endpoints did not train "
             f"(interrupted or failed; see {loc.tune}). Rerun the same command to resume."
@@ -384,6 +390,7 @@ def _run_locked(
         except TrackingUnavailable as err:
             publisher.problems.append(str(err))
     if unfinished:
+        _raise_if_corrupt(ckpts, [ep for t in unfinished for ep in (t.a, t.b)])
         names = ", ".join(t.run_name() for t in unfinished[:5])
         raise SweepIncomplete(
             f"sweep {sweep.name!r}: {len(unfinished)} of {len(trials)} trials did not finish "
@@ -403,6 +410,35 @@ def _run_locked(
         summary=results.summarize(table) if not table.empty else table,
         mlflow_problems=publisher.problems,
     )
+
+
+def _corrupt(ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig]) -> list:
+    """The CorruptCheckpoint of every damaged endpoint (each key once)."""
+    found: list[CorruptCheckpoint] = []
+    for key in dict.fromkeys(ep.key() for ep in endpoints):
+        try:
+            ckpts.check(key)
+        except CorruptCheckpoint as err:
+            found.append(err)
+    return found
+
+
+def _raise_if_corrupt(ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig]) -> None:
+    found = _corrupt(ckpts, endpoints)
+    if found:
+        more = f" (and {len(found) - 1} more damaged checkpoints)" if len(found) > 1 else ""
+        raise CorruptCheckpoint(f"{found[0]}{more}", key=found[0].key, registered=False)
+
+
+def _settle_corrupt(
+    ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig], retrain: bool
+) -> None:
+    """Refuse damaged checkpoints, or (asked for) quarantine trained ones to train again."""
+    if retrain:
+        for err in _corrupt(ckpts, endpoints):
+            if not err.registered:
+                _say(f"corrupt checkpoint moved to {ckpts.quarantine(err.key)}; training it again")
+    _raise_if_corrupt(ckpts, endpoints)
 
 
 def _say(line: str) -> None:

@@ -64,7 +64,7 @@ def train_endpoint(
     ``ep.train_workers > 1`` trains data-parallel on Ray Train workers of the given size.
     """
     key = ep.key()
-    if not store.has(key):
+    if not store.check(key):  # damage raises CorruptCheckpoint: never retrained silently
         train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
         started = time.perf_counter()
         if ep.train_workers > 1:
