@@ -42,6 +42,7 @@ from torch import nn
 
 from .location import Location
 from .models import build_model
+from .storage import writing
 
 #: Layout version written into ``meta.json``.
 FORMAT = 1
@@ -159,10 +160,11 @@ def _publish_remote(loc: Location, files: Mapping[str, bytes]) -> None:
 
 def _publish(loc: Location, weights_name: str, weights: bytes, meta: Mapping[str, Any]) -> None:
     files = {weights_name: weights, META_FILE: _meta_bytes(meta)}  # insertion order: meta last
-    if loc.local:
-        _publish_local(Path(loc.path), files)
-    else:
-        _publish_remote(loc, files)
+    with writing("checkpoint", loc.uri):  # a full disk is one line naming the directory
+        if loc.local:
+            _publish_local(Path(loc.path), files)
+        else:
+            _publish_remote(loc, files)
 
 
 def save_checkpoint(net: nn.Module, directory: Where, meta: Mapping[str, Any]) -> dict:

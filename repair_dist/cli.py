@@ -386,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
+    from .storage import StorageError
     from .sweep.config import SweepConfigError
     from .sweep.lock import SweepLocked
     from .sweep.runner import SweepIncomplete
@@ -396,6 +397,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         SweepIncomplete,
         SweepLocked,
+        StorageError,
         FileNotFoundError,
     )
 

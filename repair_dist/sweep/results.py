@@ -34,6 +34,7 @@ from pyarrow import fs as pafs
 
 from ..location import TABLES, Location
 from ..pipeline import variant_order
+from ..storage import writing
 
 SCHEMA_VERSION = "1"
 
@@ -218,9 +219,16 @@ def write_rows(
     loc = Location.of(root, filesystem)
     final = loc.table_file(_check_table(table), sweep, key)
     data = to_arrow(table, df, sweep, extra=extra)
-    fs, part = loc.fs, loc.table_dir(table, sweep)
-    tmp = f"{part}/.{key}.parquet.tmp-{uuid.uuid4().hex[:12]}"
-    fs.create_dir(part, recursive=True)
+    tmp = f"{loc.table_dir(table, sweep)}/.{key}.parquet.tmp-{uuid.uuid4().hex[:12]}"
+    with writing(f"{table} rows", final):  # a full disk is one line naming the file
+        _publish(loc, data, tmp, final)
+    return final
+
+
+def _publish(loc: Location, data: pa.Table, tmp: str, final: str) -> None:
+    """Write ``data`` to ``tmp``, then move it to ``final`` (a rename on local disks)."""
+    fs = loc.fs
+    fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
     try:
         if loc.local:
             pq.write_table(data, tmp, compression="zstd")
@@ -233,7 +241,6 @@ def write_rows(
         with contextlib.suppress(OSError, FileNotFoundError):
             fs.delete_file(tmp)
         raise
-    return final
 
 
 def _empty(table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:

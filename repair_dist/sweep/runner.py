@@ -32,10 +32,12 @@ from ray import tune  # noqa: E402
 
 from ..distributed import ensure_ray, init_local_ray  # noqa: E402
 from ..location import Location  # noqa: E402
+from ..storage import StorageError, as_storage_error, is_storage_error  # noqa: E402
 from ..store import CheckpointStore, CorruptCheckpoint  # noqa: E402
 from . import results  # noqa: E402
 from .config import EndpointConfig, Sweep, TrialSpec  # noqa: E402
 from .lock import SweepLock  # noqa: E402
+from .preflight import local_resources, preflight  # noqa: E402
 from .tracking import (  # noqa: E402
     Tracker,
     TrackingUnavailable,
@@ -229,7 +231,8 @@ def _fit(
     sweep: Sweep,
     verbose: int,
     max_failures: int,
-) -> Any:
+) -> list[BaseException]:
+    """Run the grid; returns the errors of trials that failed for good."""
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={item: tune.grid_search(configs)},
@@ -244,7 +247,7 @@ def _fit(
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
-    return tuner.fit()
+    return list(tuner.fit().errors)
 
 
 def run_sweep(
@@ -271,15 +274,35 @@ def run_sweep(
     registered weights are never retrained).
     """
     started = time.monotonic()
-    validate_sweep(sweep)  # cheap checks before anything starts or is written
-    loc = Location.of(root)
-    ckpts = CheckpointStore(store if store is not None else loc.checkpoints)
+    joining = bool(address or os.environ.get("RAY_ADDRESS"))
+    if joining:  # a cluster's resources are known once joined (joining starts nothing)
+        _ray_up(address)
+    # One phase: the sweep, its GPUs/CPUs, the root, the store and MLflow; one message.
+    checked = preflight(
+        sweep, root, store, tracking_uri, cluster_resources=_resources_before_ray(joining)
+    )
+    loc, ckpts = checked.root, checked.store
     if tracking_uri is None and mlflow and loc.local:
         tracking_uri = default_tracking_uri(loc)
     # One run per (root, sweep): a second one would redo all the work (see .lock).
     with SweepLock(loc, sweep.name):
         _settle_corrupt(ckpts, sweep.endpoints(), retrain_corrupt)  # before Ray starts
-        return _run_locked(sweep, loc, ckpts, tracking_uri, address, verbose, max_failures, started)
+        try:
+            return _run_locked(
+                sweep, loc, ckpts, tracking_uri, address, verbose, max_failures, started
+            )
+        except OSError as err:  # the driver's own writes (Tune state, rows, plots, MLflow)
+            if is_storage_error(err):
+                raise as_storage_error(err, "sweep files under", loc.uri) from err
+            raise
+
+
+def _resources_before_ray(joining: bool) -> dict[str, Any]:
+    import ray
+
+    if joining or ray.is_initialized():
+        return dict(ray.cluster_resources())
+    return local_resources()
 
 
 def _run_locked(
@@ -293,8 +316,10 @@ def _run_locked(
     started: float,
 ) -> SweepOutcome:
     """The body of :func:`run_sweep`, run while this process holds the sweep's lock."""
-    _ray_up(address)
     import ray
+
+    if not ray.is_initialized():
+        _ray_up(address)
 
     validate_sweep(sweep, cluster_resources=ray.cluster_resources())
 
@@ -304,6 +329,7 @@ def _run_locked(
     rows = results.read_table(loc, "endpoints", sweep.name, columns=["endpoint_key"])
     written = set(rows["endpoint_key"].astype(str))
     train_cpus = max(1.0, sweep.cpus_per_worker)
+    failed: list[BaseException] = []  # errors of trials that never succeeded
     if todo:
         _say(f"[{sweep.name}] stage 1: training {len(todo)} of {len(endpoints)} endpoints")
         fn = tune.with_parameters(
@@ -321,7 +347,7 @@ def _run_locked(
             stage1 = {"cpu": 0.5, "gpu": 0}
         else:
             stage1 = {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}
-        _fit(
+        failed += _fit(
             fn,
             f"{sweep.name}-endpoints",
             "endpoint",
@@ -336,6 +362,7 @@ def _run_locked(
     missing = [ep.key() for ep in endpoints if not ckpts.has(ep.key())]
     if missing:
         _raise_if_corrupt(ckpts, endpoints)  # the cause, as the last line, not "rerun"
+        _raise_if_storage(failed)
         raise SweepIncomplete(
             f"sweep {sweep.name!r}: {len(missing)} of {len(endpoints)} endpoints did not train "
             f"(interrupted or failed; see {loc.tune}). Rerun the same command to resume."
@@ -361,7 +388,7 @@ def _run_locked(
             workers=sweep.workers_per_trial,
             cpus=sweep.cpus_per_worker,
         )
-        _fit(
+        failed += _fit(
             fn,
             f"{sweep.name}-trials",
             "trial",
@@ -391,6 +418,7 @@ def _run_locked(
             publisher.problems.append(str(err))
     if unfinished:
         _raise_if_corrupt(ckpts, [ep for t in unfinished for ep in (t.a, t.b)])
+        _raise_if_storage(failed)
         names = ", ".join(t.run_name() for t in unfinished[:5])
         raise SweepIncomplete(
             f"sweep {sweep.name!r}: {len(unfinished)} of {len(trials)} trials did not finish "
@@ -410,6 +438,30 @@ def _run_locked(
         summary=results.summarize(table) if not table.empty else table,
         mlflow_problems=publisher.problems,
     )
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what it wraps: Ray's task errors keep the original in ``cause``."""
+    seen: list[BaseException] = []
+    stack = [err]
+    while stack and len(seen) < 20:
+        e = stack.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return seen
+
+
+def _raise_if_storage(errors: Sequence[BaseException]) -> None:
+    """A trial that failed on a full, read-only or forbidden path: that path, in one line."""
+    for err in errors:
+        for cause in _causes(err):
+            if isinstance(cause, StorageError):
+                raise StorageError(cause.errno, str(cause)) from None
+            if is_storage_error(cause):
+                path = getattr(cause, "filename", None) or "a file"
+                raise as_storage_error(cause, "", path) from None  # type: ignore[arg-type]
 
 
 def _corrupt(ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig]) -> list:
