@@ -101,6 +101,7 @@ def check_writable(what: str, location: Location) -> str | None:
     if location.local and (blocker := _blocking_file(location.path)) is not None:
         return f"{what} {uri}: {blocker} is a file, not a directory"
     probe = location.join(f".write-probe-{uuid.uuid4().hex[:12]}")
+    created = _missing_top(location.path) if location.local else None
     try:
         location.makedirs()
         with location.fs.open_output_stream(probe) as out:
@@ -110,7 +111,47 @@ def check_writable(what: str, location: Location) -> str | None:
         reason = err.strerror or (str(err).strip().splitlines() or [type(err).__name__])[0]
         with contextlib.suppress(OSError):
             location.fs.delete_file(probe)
+        _remove_empty(location.path, created)
         return f"{what} {uri}: not writable ({reason})"
+    try:
+        return _free_space_problem(what, location)
+    finally:
+        _remove_empty(location.path, created)
+
+
+def _remove_empty(path: str, top: str | None) -> None:
+    """Remove the directories a check made, ``path`` up to ``top``, while they are empty.
+
+    Only empty ones: a run starting beside this one may already have put its lock there.
+    """
+    if top is None:
+        return
+    current = os.path.abspath(path)
+    while True:
+        try:
+            os.rmdir(current)
+        except OSError:
+            return
+        if current == top:
+            return
+        current = os.path.dirname(current)
+
+
+def _missing_top(path: str) -> str | None:
+    """The outermost directory of ``path`` that does not exist yet (None if it all exists)."""
+    top = None
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        top = current
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return top
+
+
+def _free_space_problem(what: str, location: Location) -> str | None:
+    uri = location.uri
     if location.local:
         free = shutil.disk_usage(location.path).free
         if free < MIN_FREE_BYTES:

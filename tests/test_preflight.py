@@ -81,7 +81,10 @@ def test_every_problem_of_a_sweep_is_listed_in_one_message_before_ray_starts(tmp
 
 def test_check_writable_passes_a_good_directory_and_leaves_no_probe(tmp_path):
     assert check_writable("results root", Location.of(tmp_path / "new" / "dir")) is None
-    assert list((tmp_path / "new" / "dir").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # not even the directories it made for the probe
+    (tmp_path / "old").mkdir()
+    assert check_writable("results root", Location.of(tmp_path / "old")) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["old"] and not any((tmp_path / "old").iterdir())
 
 
 def _limited(limit: int):

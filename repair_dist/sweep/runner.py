@@ -412,7 +412,7 @@ def _run_locked(
     # MLflow: anything finished but not logged (earlier interrupted runs, server down) now.
     if tracker is not None:
         try:
-            sync_from_parquet(loc, tracking_uri, sweep.name)
+            sync_from_parquet(loc, tracking_uri, sweep.name, lock=False, close_parent=False)
             tracker.finish("FAILED" if unfinished else "FINISHED")  # the parent run's status
         except TrackingUnavailable as err:
             publisher.problems.append(str(err))
