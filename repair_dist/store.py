@@ -10,9 +10,14 @@ another sweep finds a trained net instead of training it again, and bumping
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +62,35 @@ class CorruptCheckpoint(CheckpointError):
         self.key, self.registered = key, registered
 
 
+#: A temporary directory untouched this long, by a writer that is not alive, is stale.
+STALE_TEMP_SECONDS = 3600.0
+_TEMPORARY = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9_.+-]*\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]+$")
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this machine (signal 0 probes, sends nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _latest_mtime(path: str) -> float:
+    """Newest mtime of a directory and everything in it (a file being written keeps moving)."""
+    latest = os.stat(path).st_mtime
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                latest = max(latest, os.stat(os.path.join(dirpath, name)).st_mtime)
+    return latest
+
+
 def canonical_json(obj: Any) -> str:
     """Key-sorted, compact JSON (tuples as lists): equal configs give equal strings."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=json_default)
@@ -76,6 +110,7 @@ class CheckpointStore:
     ) -> None:
         self.location = Location.of(uri, filesystem)
         self.uri = self.location.uri
+        self.clean_stale_temporaries()
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.uri!r})"
@@ -102,6 +137,38 @@ class CheckpointStore:
     def path(self, key: str) -> str:
         """Where ``key`` lives: a local absolute path, or its URI on a remote filesystem."""
         return self._dir(key).uri
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def clean_stale_temporaries(self, max_age_s: float = STALE_TEMP_SECONDS) -> list[str]:
+        """Remove temporary directories that killed writers left in a local store; returns them.
+
+        A local save writes ``.<key>.tmp-<pid>-<hex>/`` and renames it into place (and moves a
+        replaced checkpoint to ``.<key>.old-<pid>-<hex>/`` for a moment); a writer killed in
+        between leaves them behind for good. One is removed only when its writer is not alive
+        on this machine (the pid in its name) *and* nothing in it changed for ``max_age_s``
+        (a live writer touches its files continuously and renames within milliseconds; the
+        age also covers writers on other machines of a shared store, whose pids mean nothing
+        here). Object stores have no temporary directories (see :mod:`repair_dist.checkpoint`).
+        """
+        if not self.local:
+            return []
+        try:
+            entries = list(os.scandir(self.location.path))
+        except OSError:  # not created yet, or unreadable: nothing to clean
+            return []
+        now, removed = time.time(), []
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name)
+            if match is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            if _alive(int(match["pid"])) or now - _latest_mtime(entry.path) < max_age_s:
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+        if removed:
+            log.info("removed %d stale temporary checkpoint directories", len(removed))
+        return removed
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -150,8 +217,6 @@ class CheckpointStore:
 
         Kept, not deleted: a damaged file is evidence (a bad disk, a truncated upload).
         """
-        import time
-
         src = self._dir(key)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dst = self.location.child(QUARANTINE, f"{key}-{stamp}")
@@ -218,6 +283,7 @@ class CheckpointStore:
 __all__ = [
     "CODE_VERSION",
     "QUARANTINE",
+    "STALE_TEMP_SECONDS",
     "CheckpointError",
     "CheckpointStore",
     "CorruptCheckpoint",
