@@ -162,6 +162,29 @@ def _free_space_problem(what: str, location: Location) -> str | None:
     return None
 
 
+def disk_full(what: str, location: Location) -> str | None:
+    """One line when the local disk under ``location`` is (nearly) full; else None.
+
+    For failures that hide the full disk behind another error (a truncated state file read
+    back as ``EOFError``): the sweep then ends with this line instead of the symptom.
+    """
+    if not location.local:
+        return None
+    path = location.path
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    if free >= MIN_FREE_BYTES:
+        return None
+    return (
+        f"{what} {location.uri}: its disk is full ({free / 1024**2:.1f} MiB free); "
+        "free some space, then rerun: finished work is kept"
+    )
+
+
 def location_problem(what: str, uri: object) -> tuple[Location | None, str | None]:
     """(Location, None) for a usable URI, else (None, one problem line)."""
     try:
@@ -177,6 +200,7 @@ __all__ = [
     "StorageError",
     "as_storage_error",
     "check_writable",
+    "disk_full",
     "is_storage_error",
     "location_problem",
     "writing",

@@ -13,6 +13,7 @@ Parquet tables are the record and ``repair-dist sync-mlflow`` backfills MLflow l
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -32,7 +33,12 @@ from ray import tune  # noqa: E402
 
 from ..distributed import ensure_ray, init_local_ray  # noqa: E402
 from ..location import Location  # noqa: E402
-from ..storage import StorageError, as_storage_error, is_storage_error  # noqa: E402
+from ..storage import (  # noqa: E402
+    StorageError,
+    as_storage_error,
+    disk_full,
+    is_storage_error,
+)
 from ..store import CheckpointStore, CorruptCheckpoint  # noqa: E402
 from . import results  # noqa: E402
 from .config import EndpointConfig, Sweep, TrialSpec  # noqa: E402
@@ -294,7 +300,19 @@ def run_sweep(
         except OSError as err:  # the driver's own writes (Tune state, rows, plots, MLflow)
             if is_storage_error(err):
                 raise as_storage_error(err, "sweep files under", loc.uri) from err
+            _raise_if_disk_full(err, loc, ckpts)
             raise
+        except (SweepIncomplete, EOFError, RuntimeError) as err:
+            # A full disk also shows up second-hand: Tune reading back a state file it could
+            # not finish writing ("EOFError: Ran out of input"), trials failing in odd ways.
+            _raise_if_disk_full(err, loc, ckpts)
+            raise
+
+
+def _raise_if_disk_full(err: BaseException, loc: Location, ckpts: CheckpointStore) -> None:
+    for what, where in (("results root", loc), ("checkpoint store", ckpts.location)):
+        if (problem := disk_full(what, where)) is not None:
+            raise StorageError(errno.ENOSPC, problem) from err
 
 
 def _resources_before_ray(joining: bool) -> dict[str, Any]:
@@ -479,7 +497,8 @@ def _raise_if_corrupt(ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig
     found = _corrupt(ckpts, endpoints)
     if found:
         more = f" (and {len(found) - 1} more damaged checkpoints)" if len(found) > 1 else ""
-        raise CorruptCheckpoint(f"{found[0]}{more}", key=found[0].key, registered=False)
+        first = found[0]
+        raise CorruptCheckpoint(f"{first}{more}", key=first.key, registered=first.registered)
 
 
 def _settle_corrupt(
