@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import threading
@@ -72,6 +73,7 @@ _PARAM_COLUMNS = (
 )
 _MAX_METRICS, _MAX_PARAMS, _MAX_PARAM_LEN = 1000, 100, 6000
 _ENV_LOCK = threading.RLock()
+log = logging.getLogger(__name__)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -522,6 +524,15 @@ def _logged_as_live(
     return _trial_params(rows, epochs), None
 
 
+def _hold(stack: contextlib.ExitStack, lock: Any) -> None:
+    """Hold ``lock`` for the stack's life; a root that cannot take a lock file (a read-only
+    copy of results) is synced without one, with a warning."""
+    try:
+        stack.enter_context(lock)
+    except OSError as err:
+        log.warning("syncing without the sweep lock %s: %s", lock, err)
+
+
 def sync_from_parquet(
     results_root: str | os.PathLike | Location,
     tracking_uri: str,
@@ -554,8 +565,9 @@ def sync_from_parquet(
     epochs = dict(zip(endpoints["endpoint_key"], endpoints["epochs"], strict=True))
     created = 0
     for name, rows in trials.groupby("sweep", sort=True):
-        held = SweepLock(results_root, str(name)) if lock else contextlib.nullcontext()
-        with held:
+        with contextlib.ExitStack() as held:
+            if lock:
+                _hold(held, SweepLock(results_root, str(name)))
             tracker = Tracker(tracking_uri, str(name), **tracker_options)
             logged = tracker.logged_keys("trial_key")
             sweep_curves = curves[curves["sweep"] == name]
