@@ -42,6 +42,7 @@ from torch import nn
 
 from .location import Location
 from .models import build_model
+from .storage import writing
 
 #: Layout version written into ``meta.json``.
 FORMAT = 1
@@ -125,13 +126,14 @@ def _write_local(path: Path, data: bytes) -> None:
 def _publish_local(final: Path, files: Mapping[str, bytes]) -> None:
     """Write ``files`` (meta.json last) into a temporary sibling, then rename it into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+    # The writer's pid in the name: a store cleaning stale temporaries skips live writers.
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
         for name, data in files.items():
             _write_local(tmp / name, data)
         if final.exists():  # rerun replaces: move the old one aside, put the new one in
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
             try:
                 os.rename(tmp, final)
@@ -159,10 +161,11 @@ def _publish_remote(loc: Location, files: Mapping[str, bytes]) -> None:
 
 def _publish(loc: Location, weights_name: str, weights: bytes, meta: Mapping[str, Any]) -> None:
     files = {weights_name: weights, META_FILE: _meta_bytes(meta)}  # insertion order: meta last
-    if loc.local:
-        _publish_local(Path(loc.path), files)
-    else:
-        _publish_remote(loc, files)
+    with writing("checkpoint", loc.uri):  # a full disk is one line naming the directory
+        if loc.local:
+            _publish_local(Path(loc.path), files)
+        else:
+            _publish_remote(loc, files)
 
 
 def save_checkpoint(net: nn.Module, directory: Where, meta: Mapping[str, Any]) -> dict:

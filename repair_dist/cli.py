@@ -142,6 +142,7 @@ def _run(sweep: Any, args: argparse.Namespace) -> int:
         tracking_uri=getattr(args, "tracking_uri", None),
         address=getattr(args, "address", None),
         verbose=getattr(args, "verbose", 0),
+        retrain_corrupt=getattr(args, "retrain_corrupt", False),
     )
     _print_outcome(outcome)
     return 0
@@ -440,6 +441,12 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Tune verbosity")
+    p.add_argument(
+        "--retrain-corrupt",
+        action="store_true",
+        help="move damaged trained checkpoints to <store>/_quarantine and train them again "
+        "(registered weights are never retrained: re-register them)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -541,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .distributed import RayUnreachable
+    from .storage import StorageError
+    from .sweep.lock import SweepLocked
     from .sweep.runner import SweepIncomplete
     from .sweep.tracking import TrackingUnavailable
 
@@ -553,6 +562,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         SweepIncomplete,
         TrackingUnavailable,
         RayUnreachable,
+        SweepLocked,
+        StorageError,
         FileNotFoundError,
     )
 

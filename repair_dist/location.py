@@ -10,6 +10,8 @@ operation. :class:`Location` resolves the root once and owns the layout below it
     <root>/plots/sweep=<sweep>/<key>.png         per-trial plots
     <root>/tune/                                 Ray Tune experiment state
     <root>/checkpoints/<key>/                    the content-addressed checkpoint store
+    <root>/checkpoints/_quarantine/<key>-<time>/ damaged checkpoints moved aside
+    <root>/locks/<sweep>.lock                    who runs the sweep now (sweep.lock)
     <root>/mlflow.db, <root>/mlartifacts/        default MLflow store (local roots only)
 
 Only pyarrow is imported here, so the checkpoint store and the science wing can use it; Ray and

@@ -10,9 +10,14 @@ another sweep finds a trained net instead of training it again, and bumping
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,12 +36,59 @@ from .checkpoint import (
     read_meta,
     register_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from .location import SAFE_NAME, SAFE_PUNCTUATION, Location
 
 #: Bump whenever training changes what an endpoint config produces: it is part of every
 #: endpoint key, so old checkpoints are then simply not found (and retrained) instead of reused.
 CODE_VERSION = "1"
+
+
+#: Where :meth:`CheckpointStore.quarantine` moves corrupt checkpoints (never a key: keys start
+#: with a letter or digit).
+QUARANTINE = "_quarantine"
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A stored checkpoint is present but damaged; the message names the file and the fix.
+
+    Never "absent": treating damage as absence retrains silently, which throws away registered
+    weights (e.g. a torchvision ResNet50) and, on ImageNet, starts an unannounced long training.
+    """
+
+    def __init__(self, message: str, *, key: str, registered: bool) -> None:
+        super().__init__(message)
+        self.key, self.registered = key, registered
+
+
+#: A temporary directory untouched this long, by a writer that is not alive, is stale.
+STALE_TEMP_SECONDS = 3600.0
+_TEMPORARY = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9_.+-]*\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]+$")
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this machine (signal 0 probes, sends nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _latest_mtime(path: str) -> float:
+    """Newest mtime of a directory and everything in it (a file being written keeps moving)."""
+    latest = os.stat(path).st_mtime
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                latest = max(latest, os.stat(os.path.join(dirpath, name)).st_mtime)
+    return latest
 
 
 def canonical_json(obj: Any) -> str:
@@ -58,6 +110,7 @@ class CheckpointStore:
     ) -> None:
         self.location = Location.of(uri, filesystem)
         self.uri = self.location.uri
+        self.clean_stale_temporaries()
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.uri!r})"
@@ -85,11 +138,98 @@ class CheckpointStore:
         """Where ``key`` lives: a local absolute path, or its URI on a remote filesystem."""
         return self._dir(key).uri
 
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def clean_stale_temporaries(self, max_age_s: float = STALE_TEMP_SECONDS) -> list[str]:
+        """Remove temporary directories that killed writers left in a local store; returns them.
+
+        A local save writes ``.<key>.tmp-<pid>-<hex>/`` and renames it into place (and moves a
+        replaced checkpoint to ``.<key>.old-<pid>-<hex>/`` for a moment); a writer killed in
+        between leaves them behind for good. One is removed only when its writer is not alive
+        on this machine (the pid in its name) *and* nothing in it changed for ``max_age_s``
+        (a live writer touches its files continuously and renames within milliseconds; the
+        age also covers writers on other machines of a shared store, whose pids mean nothing
+        here). Object stores have no temporary directories (see :mod:`repair_dist.checkpoint`).
+        """
+        if not self.local:
+            return []
+        try:
+            entries = list(os.scandir(self.location.path))
+        except OSError:  # not created yet, or unreadable: nothing to clean
+            return []
+        now, removed = time.time(), []
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name)
+            if match is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            if _alive(int(match["pid"])) or now - _latest_mtime(entry.path) < max_age_s:
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+        if removed:
+            log.info("removed %d stale temporary checkpoint directories", len(removed))
+        return removed
+
     # -- queries ---------------------------------------------------------------------------
 
     def has(self, key: str) -> bool:
         """True when ``key`` is present and intact (meta.json parses, weights match sha256)."""
         return is_intact(self._dir(key))
+
+    def check(self, key: str) -> bool:
+        """True when ``key`` is intact, False when absent; :class:`CorruptCheckpoint` when damaged.
+
+        Absent means no ``meta.json``: a write that never finished (meta.json is published
+        last everywhere). A ``meta.json`` with unreadable contents or weights that are missing
+        or do not hash to its sha256 is damage, reported with the way out.
+        """
+        loc = self._dir(key)
+        if not loc.is_file(META_FILE):
+            return False
+        try:
+            verify_checkpoint(loc)
+        except CheckpointError as err:
+            raise self._corrupt(key, err) from None
+        return True
+
+    def _corrupt(self, key: str, err: CheckpointError) -> CorruptCheckpoint:
+        try:
+            meta = read_meta(self._dir(key))
+        except CheckpointError:
+            meta = {}
+        source = meta.get("registered_from") or meta.get("source")
+        where = f"{self.uri.rstrip('/')}/{QUARANTINE}/"
+        if source:
+            fix = (
+                f"these weights were registered from {source}: re-register them "
+                f"(repair-dist register {source} ...) or move {self.path(key)} aside; "
+                "registered weights are never retrained"
+            )
+        else:
+            fix = (
+                f"rerun with --retrain-corrupt to move it to {where} and train it again, "
+                f"or move {self.path(key)} aside yourself"
+            )
+        return CorruptCheckpoint(f"{err}; {fix}", key=key, registered=bool(source))
+
+    def quarantine(self, key: str) -> str:
+        """Move ``key``'s directory to ``<store>/_quarantine/<key>-<UTC time>``; returns it.
+
+        Kept, not deleted: a damaged file is evidence (a bad disk, a truncated upload).
+        """
+        src = self._dir(key)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dst = self.location.child(QUARANTINE, f"{key}-{stamp}")
+        fs = self.location.fs
+        if self.local:
+            fs.create_dir(self.location.join(QUARANTINE), recursive=True)
+            fs.move(src.path, dst.path)  # one rename
+        else:  # object stores move files, not directories
+            for info in fs.get_file_info(pafs.FileSelector(src.path, recursive=True)):
+                if info.type == pafs.FileType.File:
+                    fs.copy_file(info.path, dst.join(info.path[len(src.path) + 1 :]))
+            fs.delete_dir(src.path)
+        return dst.uri
 
     def meta(self, key: str) -> dict:
         """``meta.json`` of ``key`` (not verified); CheckpointError if absent."""
@@ -140,4 +280,12 @@ class CheckpointStore:
         delete_checkpoint(self._dir(key))
 
 
-__all__ = ["CODE_VERSION", "CheckpointError", "CheckpointStore", "canonical_json"]
+__all__ = [
+    "CODE_VERSION",
+    "QUARANTINE",
+    "STALE_TEMP_SECONDS",
+    "CheckpointError",
+    "CheckpointStore",
+    "CorruptCheckpoint",
+    "canonical_json",
+]

@@ -17,7 +17,7 @@ from repair_dist.sweep import results
 from repair_dist.sweep.config import ArchGrid, CurveConfig, PruningConfig, Sweep
 from repair_dist.sweep.runner import run_sweep
 from repair_dist.sweep.studies import curve as curve_study
-from repair_dist.sweep.tracking import default_tracking_uri
+from repair_dist.sweep.tracking import default_tracking_uri, sync_from_parquet
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -138,6 +138,23 @@ def test_with_mlflow_down_study_rows_still_land_and_the_next_run_logs_each_unit_
     assert len(results.read_table(mlflow_root, "pruning", sweep.name)) == 2 * 3  # 2 endpoints
 
     uri = default_tracking_uri(mlflow_root)
+    # sync-mlflow backfills every unit as the live run would have logged it, once
+    assert sync_from_parquet(mlflow_root, uri, sweep.name) == len(units)
+    assert sync_from_parquet(mlflow_root, uri, sweep.name) == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep.name)
+    by_key = {
+        r.data.tags["trial_key"]: r
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+        if "trial_key" in r.data.tags
+    }
+    for unit in units:
+        run = by_key[unit.key()]
+        assert run.data.tags["study"] == unit.study
+        assert run.data.tags["mlflow.runName"] == unit.run_name()
+        assert run.data.params["trial_key"] == unit.key()
+    prune_unit = next(u for u in units if u.study == "prune")
+    assert "test_acc.global_l1.repaired-full.s0.9" in by_key[prune_unit.key()].data.metrics
     for _ in range(2):  # the next runs compute nothing and log each unit once
         again = run_sweep(sweep, root=mlflow_root)
         assert (again.studies_run, again.studies_reused) == (0, len(units))

@@ -23,7 +23,7 @@ import contextlib
 import math
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,7 @@ from pyarrow import fs as pafs
 
 from ..location import TABLES, Location
 from ..pipeline import variant_order
+from ..storage import writing
 
 #: Version 2 added the optional ``trials`` columns ``residual``, ``curve_kind``,
 #: ``curve_epochs`` and ``curve_seconds`` and the ``pruning`` and ``filters`` tables. Version-1
@@ -159,6 +160,13 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     t: tuple(n for n, _, req in cols if req) for t, cols in _COLUMNS.items()
 }
 
+#: Key-value metadata of a trial's ``trials`` file: its MLflow params and run name as JSON,
+#: so runs backfilled from Parquet get exactly what live runs got (the columns hold fewer).
+TRIAL_PARAMS_KEY = "repair_dist.params"
+TRIAL_RUN_NAME_KEY = "repair_dist.run_name"
+#: ... and, for a study unit's last file, the study's registry name (``curve``, ``prune``).
+STUDY_KEY = "repair_dist.study"
+
 #: Metrics that :func:`summarize` averages over seed pairs by default.
 SUMMARY_METRICS = ("barrier_acc_mid", "barrier_loss_mid", "reduction_vs_aligned")
 #: Default grouping of :func:`summarize` (columns absent from the frame are skipped): the
@@ -241,18 +249,29 @@ def write_rows(
     *,
     extra: str = "error",
     filesystem: pafs.FileSystem | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> str:
     """Write ``df`` as ``<root>/<table>/sweep=<sweep>/<key>.parquet``, atomically; replaces.
 
     Returns the written path (inside ``root``'s filesystem; a local path for local roots).
-    ``filesystem`` overrides the filesystem pyarrow infers from ``root``.
+    ``filesystem`` overrides the filesystem pyarrow infers from ``root``. ``metadata`` goes
+    into the file's key-value metadata (no column: readers of the table never see it).
     """
     loc = Location.of(root, filesystem)
     final = loc.table_file(_check_table(table), sweep, key)
     data = to_arrow(table, df, sweep, extra=extra)
-    fs, part = loc.fs, loc.table_dir(table, sweep)
-    tmp = f"{part}/.{key}.parquet.tmp-{uuid.uuid4().hex[:12]}"
-    fs.create_dir(part, recursive=True)
+    if metadata:
+        data = data.replace_schema_metadata({**(data.schema.metadata or {}), **metadata})
+    tmp = f"{loc.table_dir(table, sweep)}/.{key}.parquet.tmp-{uuid.uuid4().hex[:12]}"
+    with writing(f"{table} rows", final):  # a full disk is one line naming the file
+        _publish(loc, data, tmp, final)
+    return final
+
+
+def _publish(loc: Location, data: pa.Table, tmp: str, final: str) -> None:
+    """Write ``data`` to ``tmp``, then move it to ``final`` (a rename on local disks)."""
+    fs = loc.fs
+    fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
     try:
         if loc.local:
             pq.write_table(data, tmp, compression="zstd")
@@ -265,7 +284,14 @@ def write_rows(
         with contextlib.suppress(OSError, FileNotFoundError):
             fs.delete_file(tmp)
         raise
-    return final
+
+
+def file_metadata(root: str | os.PathLike | Location, table: str, sweep: str, key: str) -> dict:
+    """The key-value metadata :func:`write_rows` stored in one file (``{}`` when none)."""
+    loc = Location.of(root)
+    path = loc.table_file(_check_table(table), sweep, key)
+    raw = pq.read_schema(path, filesystem=loc.fs).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
 
 
 def _empty(table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -415,10 +441,14 @@ __all__ = [
     "REQUIRED",
     "SCHEMAS",
     "SUMMARY_METRICS",
+    "STUDY_KEY",
+    "TRIAL_PARAMS_KEY",
+    "TRIAL_RUN_NAME_KEY",
     "TABLES",
     "TRIAL_ID_COLUMNS",
     "describe",
     "format_table",
+    "file_metadata",
     "read_table",
     "summarize",
     "table_path",

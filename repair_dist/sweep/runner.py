@@ -13,6 +13,7 @@ Parquet tables are the record and ``repair-dist sync-mlflow`` backfills MLflow l
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -32,9 +33,17 @@ from ray import tune  # noqa: E402
 
 from ..distributed import ensure_ray, init_local_ray  # noqa: E402
 from ..location import Location  # noqa: E402
-from ..store import CheckpointStore  # noqa: E402
+from ..storage import (  # noqa: E402
+    StorageError,
+    as_storage_error,
+    disk_full,
+    is_storage_error,
+)
+from ..store import CheckpointStore, CorruptCheckpoint  # noqa: E402
 from . import results  # noqa: E402
-from .config import Sweep, TrialSpec  # noqa: E402
+from .config import EndpointConfig, Sweep, TrialSpec  # noqa: E402
+from .lock import SweepLock  # noqa: E402
+from .preflight import local_resources, preflight  # noqa: E402
 from .studies import StudySpec, study  # noqa: E402
 from .tracking import (  # noqa: E402
     Tracker,
@@ -358,7 +367,8 @@ def _fit(
     sweep: Sweep,
     verbose: int,
     max_failures: int,
-) -> Any:
+) -> list[BaseException]:
+    """Run the grid; returns the errors of trials that failed for good."""
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={item: tune.grid_search(configs)},
@@ -373,7 +383,7 @@ def _fit(
             failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
-    return tuner.fit()
+    return list(tuner.fit().errors)
 
 
 def run_sweep(
@@ -386,6 +396,7 @@ def run_sweep(
     verbose: int = 0,
     max_failures: int = 2,
     mlflow: bool = True,
+    retrain_corrupt: bool = False,
 ) -> SweepOutcome:
     """Validate, train missing endpoints, run unfinished trials, log, summarise.
 
@@ -393,16 +404,70 @@ def run_sweep(
     store (default ``<root>/checkpoints``); ``tracking_uri``: MLflow (default sqlite under a
     local root, none elsewhere); ``address``: an existing Ray cluster (default:
     ``$RAY_ADDRESS`` or a local loopback-only Ray). Raises SweepConfigError before anything
-    runs, SweepIncomplete when some trials did not finish (rerun the same call to resume).
+    runs, SweepIncomplete when some trials did not finish (rerun the same call to resume),
+    SweepLocked when another run of this sweep holds ``root``, CorruptCheckpoint when a stored
+    endpoint is damaged (``retrain_corrupt=True`` quarantines trained ones and retrains them;
+    registered weights are never retrained).
     """
     started = time.monotonic()
-    validate_sweep(sweep)  # cheap checks before anything starts or is written
-    loc = Location.of(root)
-    ckpts = CheckpointStore(store if store is not None else loc.checkpoints)
+    joining = bool(address or os.environ.get("RAY_ADDRESS"))
+    if joining:  # a cluster's resources are known once joined (joining starts nothing)
+        _ray_up(address)
+    # One phase: the sweep, its GPUs/CPUs, the root, the store and MLflow; one message.
+    checked = preflight(
+        sweep, root, store, tracking_uri, cluster_resources=_resources_before_ray(joining)
+    )
+    loc, ckpts = checked.root, checked.store
     if tracking_uri is None and mlflow and loc.local:
         tracking_uri = default_tracking_uri(loc)
-    _ray_up(address)
+    # One run per (root, sweep): a second one would redo all the work (see .lock).
+    with SweepLock(loc, sweep.name):
+        _settle_corrupt(ckpts, sweep.endpoints(), retrain_corrupt)  # before Ray starts
+        try:
+            return _run_locked(
+                sweep, loc, ckpts, tracking_uri, address, verbose, max_failures, started
+            )
+        except OSError as err:  # the driver's own writes (Tune state, rows, plots, MLflow)
+            if is_storage_error(err):
+                raise as_storage_error(err, "sweep files under", loc.uri) from err
+            _raise_if_disk_full(err, loc, ckpts)
+            raise
+        except (SweepIncomplete, EOFError, RuntimeError) as err:
+            # A full disk also shows up second-hand: Tune reading back a state file it could
+            # not finish writing ("EOFError: Ran out of input"), trials failing in odd ways.
+            _raise_if_disk_full(err, loc, ckpts)
+            raise
+
+
+def _raise_if_disk_full(err: BaseException, loc: Location, ckpts: CheckpointStore) -> None:
+    for what, where in (("results root", loc), ("checkpoint store", ckpts.location)):
+        if (problem := disk_full(what, where)) is not None:
+            raise StorageError(errno.ENOSPC, problem) from err
+
+
+def _resources_before_ray(joining: bool) -> dict[str, Any]:
     import ray
+
+    if joining or ray.is_initialized():
+        return dict(ray.cluster_resources())
+    return local_resources()
+
+
+def _run_locked(
+    sweep: Sweep,
+    loc: Location,
+    ckpts: CheckpointStore,
+    tracking_uri: str | None,
+    address: str | None,
+    verbose: int,
+    max_failures: int,
+    started: float,
+) -> SweepOutcome:
+    """The body of :func:`run_sweep`, run while this process holds the sweep's lock."""
+    import ray
+
+    if not ray.is_initialized():
+        _ray_up(address)
 
     validate_sweep(sweep, cluster_resources=ray.cluster_resources())
 
@@ -412,6 +477,7 @@ def run_sweep(
     rows = results.read_table(loc, "endpoints", sweep.name, columns=["endpoint_key"])
     written = set(rows["endpoint_key"].astype(str))
     train_cpus = max(1.0, sweep.cpus_per_worker)
+    failed: list[BaseException] = []  # errors of trials that never succeeded
     if todo:
         _say(f"[{sweep.name}] stage 1: training {len(todo)} of {len(endpoints)} endpoints")
         fn = tune.with_parameters(
@@ -429,7 +495,7 @@ def run_sweep(
             stage1 = {"cpu": 0.5, "gpu": 0}
         else:
             stage1 = {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}
-        _fit(
+        failed += _fit(
             fn,
             f"{sweep.name}-endpoints",
             "endpoint",
@@ -443,6 +509,8 @@ def run_sweep(
         )
     missing = [ep.key() for ep in endpoints if not ckpts.has(ep.key())]
     if missing:
+        _raise_if_corrupt(ckpts, endpoints)  # the cause, as the last line, not "rerun"
+        _raise_if_storage(failed)
         raise SweepIncomplete(
             f"sweep {sweep.name!r}: {len(missing)} of {len(endpoints)} endpoints did not train "
             f"(interrupted or failed; see {loc.tune}). Rerun the same command to resume."
@@ -473,7 +541,7 @@ def run_sweep(
             workers=sweep.workers_per_trial,
             cpus=sweep.cpus_per_worker,
         )
-        _fit(
+        failed += _fit(
             fn,
             f"{sweep.name}-trials",
             "trial",
@@ -502,7 +570,7 @@ def run_sweep(
             cpus=sweep.cpus_per_worker,
             amp=sweep.amp,
         )
-        _fit(
+        failed += _fit(
             fn,
             f"{sweep.name}-studies",
             "study",
@@ -530,11 +598,15 @@ def run_sweep(
     # MLflow: anything finished but not logged (earlier interrupted runs, server down) now.
     if tracker is not None:
         try:
-            sync_from_parquet(loc, tracking_uri, sweep.name)
-            tracker.finish("FAILED" if unfinished else "FINISHED")  # the parent run's status
+            sync_from_parquet(loc, tracking_uri, sweep.name, lock=False, close_parent=False)
+            # the parent run's status
+            tracker.finish("FAILED" if unfinished or units_unfinished else "FINISHED")
         except TrackingUnavailable as err:
             publisher.problems.append(str(err))
     if unfinished or units_unfinished:
+        _raise_if_corrupt(ckpts, [ep for t in unfinished for ep in (t.a, t.b)])
+        _raise_if_corrupt(ckpts, [ep for u in units_unfinished for ep in u.endpoints])
+        _raise_if_storage(failed)
         everything = [*trials, *units]
         names = ", ".join(t.run_name() for t in [*unfinished, *units_unfinished][:5])
         n_unfinished = len(unfinished) + len(units_unfinished)
@@ -579,6 +651,60 @@ def _catch_up_studies(
                 log_study_to_mlflow(tracker, loc, spec)
     except TrackingUnavailable as err:
         publisher.problems.append(str(err))
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what it wraps: Ray's task errors keep the original in ``cause``."""
+    seen: list[BaseException] = []
+    stack = [err]
+    while stack and len(seen) < 20:
+        e = stack.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return seen
+
+
+def _raise_if_storage(errors: Sequence[BaseException]) -> None:
+    """A trial that failed on a full, read-only or forbidden path: that path, in one line."""
+    for err in errors:
+        for cause in _causes(err):
+            if isinstance(cause, StorageError):
+                raise StorageError(cause.errno, str(cause)) from None
+            if is_storage_error(cause):
+                path = getattr(cause, "filename", None) or "a file"
+                raise as_storage_error(cause, "", path) from None  # type: ignore[arg-type]
+
+
+def _corrupt(ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig]) -> list:
+    """The CorruptCheckpoint of every damaged endpoint (each key once)."""
+    found: list[CorruptCheckpoint] = []
+    for key in dict.fromkeys(ep.key() for ep in endpoints):
+        try:
+            ckpts.check(key)
+        except CorruptCheckpoint as err:
+            found.append(err)
+    return found
+
+
+def _raise_if_corrupt(ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig]) -> None:
+    found = _corrupt(ckpts, endpoints)
+    if found:
+        more = f" (and {len(found) - 1} more damaged checkpoints)" if len(found) > 1 else ""
+        first = found[0]
+        raise CorruptCheckpoint(f"{first}{more}", key=first.key, registered=first.registered)
+
+
+def _settle_corrupt(
+    ckpts: CheckpointStore, endpoints: Sequence[EndpointConfig], retrain: bool
+) -> None:
+    """Refuse damaged checkpoints, or (asked for) quarantine trained ones to train again."""
+    if retrain:
+        for err in _corrupt(ckpts, endpoints):
+            if not err.registered:
+                _say(f"corrupt checkpoint moved to {ckpts.quarantine(err.key)}; training it again")
+    _raise_if_corrupt(ckpts, endpoints)
 
 
 def _say(line: str) -> None:

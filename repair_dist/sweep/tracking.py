@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
@@ -36,7 +37,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..location import SAFE_NAME, TABLES, Location
-from .results import TRIAL_ID_COLUMNS, read_table
+from .results import (
+    TRIAL_ID_COLUMNS,
+    TRIAL_PARAMS_KEY,
+    TRIAL_RUN_NAME_KEY,
+    file_metadata,
+    read_table,
+)
 
 # No usage reporting from MLflow (its UI shows a banner otherwise); read per call by MLflow.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -491,6 +498,13 @@ class Tracker:
         with self._guard(f"closing the parent run of {self.sweep!r}"):
             self._client.set_terminated(parent, status)
 
+    def close_if_running(self, status: str = "FINISHED") -> None:
+        """Mark the parent run ``status`` unless it already ended (a backfill's last step)."""
+        parent = self.parent_run_id()
+        with self._guard(f"closing the parent run of {self.sweep!r}"):
+            if self._client.get_run(parent).info.status == "RUNNING":
+                self._client.set_terminated(parent, status)
+
     def logged_keys(self, tag: str = "trial_key") -> set[str]:
         """Every value of ``tag`` among this sweep's active runs (one paged query)."""
         with self._guard(f"listing {tag}s"):
@@ -611,10 +625,112 @@ def trial_artifacts(root: str | os.PathLike | Location, sweep: str, key: str) ->
     return [p for p in [*paths, loc.plot_file(sweep, key)] if os.path.isfile(p)]
 
 
+def _logged_as_live(
+    root: str | os.PathLike | Location,
+    sweep: str,
+    key: str,
+    rows: pd.DataFrame,
+    epochs: Mapping[str, int],
+) -> tuple[dict[str, Any], str | None]:
+    """(params, run name) exactly as the live run logged them, from the trial's own file.
+
+    Trials write their MLflow params into the ``trials`` file's metadata; files written
+    before that carry only the table's columns, which give a subset (the old behaviour).
+    """
+    try:
+        meta = file_metadata(root, "trials", sweep, key)
+    except (OSError, ValueError):
+        meta = {}
+    if TRIAL_PARAMS_KEY in meta:
+        return json.loads(meta[TRIAL_PARAMS_KEY]), meta.get(TRIAL_RUN_NAME_KEY)
+    return _trial_params(rows, epochs), None
+
+
+def _sync_study_units(
+    results_root: str | os.PathLike | Location,
+    tracking_uri: str,
+    sweep: str | None,
+    lock: bool,
+    tracker_options: Mapping[str, Any],
+) -> int:
+    """Backfill the runs of study units (curves, pruning) that have none, as live runs.
+
+    A unit's last file holds its params, run name and study (written by the unit); its
+    metrics come from the study's own :meth:`~repair_dist.sweep.studies.Study.mlflow` over
+    its files, so a backfilled unit equals a live one. Returns the number of runs created.
+    """
+    import pyarrow.parquet as pq
+
+    from .lock import SweepLock
+    from .results import STUDY_KEY, TRIAL_PARAMS_KEY, TRIAL_RUN_NAME_KEY, file_metadata
+    from .studies import STUDIES
+
+    loc = Location.of(results_root)
+    units: dict[str, list[tuple[str, Any]]] = {}  # sweep -> [(key, study)]
+    for st in STUDIES.values():
+        names = read_table(loc, st.tables[-1], sweep, columns=["sweep"])["sweep"]
+        for name in sorted(set(names.astype(str))):
+            for info in loc.fs.get_file_info(_selector(loc.table_dir(st.tables[-1], name))):
+                if info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
+                    units.setdefault(name, []).append((info.base_name[: -len(".parquet")], st))
+    created = 0
+    for name, found in sorted(units.items()):
+        with contextlib.ExitStack() as held:
+            if lock:
+                _hold(held, SweepLock(results_root, name))
+            tracker = Tracker(tracking_uri, name, **tracker_options)
+            logged = tracker.logged_keys("trial_key")
+            for key, st in found:
+                meta = file_metadata(loc, st.tables[-1], name, key)
+                if key in logged or meta.get(STUDY_KEY) != st.name:
+                    continue  # logged, or not a unit of this study (a merge trial's file)
+                frames = {
+                    t: pq.read_table(loc.table_file(t, name, key), filesystem=loc.fs).to_pandas()
+                    for t in st.tables
+                }
+                metrics, steps = st.mlflow(frames)
+                paths = [loc.table_file(t, name, key) for t in st.tables]
+                artifacts = []
+                if loc.local:
+                    plot = loc.plot_file(name, key)
+                    artifacts = [p for p in [*paths, plot] if os.path.isfile(p)]
+                _, was_created = tracker._log_child(
+                    "trial_key",
+                    key,
+                    json.loads(meta[TRIAL_PARAMS_KEY]),
+                    metrics,
+                    steps,
+                    artifacts,
+                    meta.get(TRIAL_RUN_NAME_KEY),
+                    {"study": st.name},
+                )
+                created += int(was_created)
+                logged.add(key)
+    return created
+
+
+def _selector(path: str) -> Any:
+    from pyarrow import fs as pafs
+
+    return pafs.FileSelector(path, allow_not_found=True)
+
+
+def _hold(stack: contextlib.ExitStack, lock: Any) -> None:
+    """Hold ``lock`` for the stack's life; a root that cannot take a lock file (a read-only
+    copy of results) is synced without one, with a warning."""
+    try:
+        stack.enter_context(lock)
+    except OSError as err:
+        log.warning("syncing without the sweep lock %s: %s", lock, err)
+
+
 def sync_from_parquet(
     results_root: str | os.PathLike | Location,
     tracking_uri: str,
     sweep: str | None = None,
+    *,
+    lock: bool = True,
+    close_parent: bool = True,
     **tracker_options: Any,
 ) -> int:
     """Create the MLflow runs of trials in the Parquet tables that have none yet.
@@ -622,34 +738,46 @@ def sync_from_parquet(
     For a sweep whose logging failed (MLflow down, a crash between the Parquet write and the
     MLflow call) or that ran without tracking. Looks trials up by their ``trial_key`` tag, so
     running it again creates nothing. Returns the number of runs created. Local results roots
-    also attach the trial's Parquet files as artifacts.
+    also attach the trial's Parquet files as artifacts. A backfilled run is the run the live
+    sweep would have made: same params, metrics, tags and run name.
+
+    ``lock``: hold each sweep's lock (:class:`~repair_dist.sweep.lock.SweepLock`) while
+    syncing it, so a backfill never races a running sweep's own logging (SweepLocked then);
+    the runner, which holds the lock already, passes False. ``close_parent``: mark a parent
+    run left RUNNING as FINISHED (the runner sets the status itself).
     """
+    from .lock import SweepLock
+
     trials = read_table(results_root, "trials", sweep)
+    created = _sync_study_units(results_root, tracking_uri, sweep, lock, tracker_options)
     if trials.empty:
-        return 0
+        return created
     curves = read_table(results_root, "curves", sweep)
     endpoints = read_table(results_root, "endpoints", sweep, columns=["endpoint_key", "epochs"])
     epochs = dict(zip(endpoints["endpoint_key"], endpoints["epochs"], strict=True))
-    created = 0
     for name, rows in trials.groupby("sweep", sort=True):
-        tracker = Tracker(tracking_uri, str(name), **tracker_options)
-        logged = tracker.logged_keys("trial_key")
-        sweep_curves = curves[curves["sweep"] == name]
-        for key, group in rows.groupby("trial_key", sort=True):
-            if key in logged:
-                continue
-            params = _trial_params(group, epochs)
-            _, was_created = tracker._log_child(
-                "trial_key",
-                str(key),
-                params,
-                trial_metrics(group),
-                curve_metrics(sweep_curves[sweep_curves["trial_key"] == key]),
-                trial_artifacts(results_root, str(name), str(key)),
-                None,
-                {"backfilled_from": "parquet"},
-            )
-            created += int(was_created)
+        with contextlib.ExitStack() as held:
+            if lock:
+                _hold(held, SweepLock(results_root, str(name)))
+            tracker = Tracker(tracking_uri, str(name), **tracker_options)
+            logged = tracker.logged_keys("trial_key")
+            sweep_curves = curves[curves["sweep"] == name]
+            for key, group in rows.groupby("trial_key", sort=True):
+                if key in logged:
+                    continue
+                params, run_name = _logged_as_live(results_root, str(name), str(key), group, epochs)
+                _, was_created = tracker._log_child(
+                    "trial_key",
+                    str(key),
+                    params,
+                    trial_metrics(group),
+                    curve_metrics(sweep_curves[sweep_curves["trial_key"] == key]),
+                    trial_artifacts(results_root, str(name), str(key)),
+                    run_name,
+                )
+                created += int(was_created)
+            if close_parent:
+                tracker.close_if_running()
     return created
 
 

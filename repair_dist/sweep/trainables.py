@@ -28,7 +28,7 @@ from ..location import Location
 from ..metrics import evaluate
 from ..models import build_model
 from ..pipeline import merge_trial
-from ..store import CheckpointStore
+from ..store import CheckpointStore, canonical_json
 from ..train import train_model
 from . import results
 from .config import EndpointConfig, TrialSpec
@@ -66,7 +66,7 @@ def train_endpoint(
     ``ep.train_workers > 1`` trains data-parallel on Ray Train workers of the given size.
     """
     key = ep.key()
-    if not store.has(key):
+    if not store.check(key):  # damage raises CorruptCheckpoint: never retrained silently
         train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
         started = time.perf_counter()
         if ep.train_workers > 1:
@@ -257,6 +257,16 @@ def merge_for_spec(
     )
 
 
+def _meta(spec: TrialSpec, table: str) -> dict[str, str] | None:
+    """What MLflow needs beyond the columns, in the ``trials`` file (for ``sync-mlflow``)."""
+    if table != "trials":
+        return None
+    return {
+        results.TRIAL_PARAMS_KEY: canonical_json(spec.params()),
+        results.TRIAL_RUN_NAME_KEY: spec.run_name(),
+    }
+
+
 def run_merge_trial(
     spec: TrialSpec,
     store: CheckpointStore,
@@ -281,7 +291,9 @@ def run_merge_trial(
     tables = trial_tables(spec, outcome)
     key, root = spec.key(), Location.of(root)
     for table in ("curves", "layers", "trials"):  # "trials" last: it marks the trial finished
-        results.write_rows(root, table, spec.sweep, key, tables[table], extra="drop")
+        results.write_rows(
+            root, table, spec.sweep, key, tables[table], extra="drop", metadata=_meta(spec, table)
+        )
     return tables
 
 
@@ -351,7 +363,17 @@ def run_study_trial(
     tables = kind.run(spec, inputs)
     root = Location.of(root)
     for table in kind.tables:
-        results.write_rows(root, table, spec.sweep, spec.key(), tables[table], extra="drop")
+        # The last file marks the unit finished and carries its MLflow params (sync-mlflow).
+        meta = None
+        if table == kind.tables[-1]:
+            meta = {
+                results.TRIAL_PARAMS_KEY: canonical_json(spec.params()),
+                results.TRIAL_RUN_NAME_KEY: spec.run_name(),
+                results.STUDY_KEY: spec.study,
+            }
+        results.write_rows(
+            root, table, spec.sweep, spec.key(), tables[table], extra="drop", metadata=meta
+        )
     return tables
 
 

@@ -1,0 +1,89 @@
+"""Everything a sweep needs, checked in one phase before Ray starts: one message lists it all.
+
+Why one phase: a sweep that fails on its first problem makes the user fix and rerun once per
+problem, and a problem found by the trials (an unwritable ``--store``) costs every endpoint its
+Tune retries and hundreds of lines of tracebacks, followed by the wrong advice to rerun. Here
+the sweep's fields (:func:`~repair_dist.sweep.validation.validate_sweep`), its resources (GPUs
+and CPUs of the cluster, or of this machine when the sweep starts its own local Ray), the
+results root, the checkpoint store and the MLflow store are checked together and every problem
+becomes one line of a single :class:`~repair_dist.sweep.config.SweepConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..location import Location
+from ..storage import check_writable, location_problem
+from ..store import CheckpointStore
+from .config import Sweep, SweepConfigError
+from .validation import validate_sweep
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Where a checked sweep writes (what :func:`preflight` resolved)."""
+
+    root: Location
+    store: CheckpointStore
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray started by this process will have: this machine's CPUs and GPUs."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
+
+
+def _tracking_problem(uri: str) -> str | None:
+    """A sqlite store needs a writable directory; servers are not required to be up (an
+    unreachable MLflow loses nothing: Parquet is the record, ``sync-mlflow`` backfills)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    directory = Path(uri[len("sqlite:///") :]).parent
+    return check_writable("MLflow store directory of --tracking-uri", Location.of(directory))
+
+
+def preflight(
+    sweep: Sweep,
+    root: Any,
+    store: Any,
+    tracking_uri: str | None,
+    *,
+    cluster_resources: Mapping[str, Any] | None,
+) -> Checked:
+    """Check the sweep, its resources and every place it writes; SweepConfigError lists all.
+
+    Nothing is left behind but the (empty) directories a sweep would create anyway.
+    """
+    problems: list[str] = []
+    try:
+        validate_sweep(sweep, cluster_resources=cluster_resources)
+    except SweepConfigError as err:
+        problems.extend(err.problems)
+    loc, problem = location_problem("results root (--root)", root)
+    if loc is not None:
+        problem = check_writable("results root (--root)", loc)
+    problems += [problem] if problem else []
+    store_loc, problem = (None, None)
+    if store is not None:
+        store_loc, problem = location_problem("checkpoint store (--store)", store)
+    elif loc is not None:
+        store_loc = loc.checkpoints
+    if store_loc is not None:
+        problem = check_writable("checkpoint store (--store)", store_loc)
+    problems += [problem] if problem else []
+    if tracking_uri is not None and (problem := _tracking_problem(tracking_uri)):
+        problems.append(problem)
+    if problems:
+        raise SweepConfigError(problems, sweep.name if isinstance(sweep.name, str) else None)
+    assert loc is not None and store_loc is not None
+    return Checked(loc, CheckpointStore(store_loc))
+
+
+__all__ = ["Checked", "local_resources", "preflight"]
