@@ -42,10 +42,12 @@ from torch.utils.data import Dataset
 
 from .data.batches import Batch, BatchPlan, as_plan
 from .passes import (
+    Centred,
     CoMoments,
     Probe,
     StatsDict,
     Workers,
+    centred,
     channel_stats_pass,
     device_of,
     run_pass,
@@ -159,7 +161,7 @@ def recalibration_pass(
     modules = dict(net.named_modules())
     device = device_of(net)
     probes = [Probe(m) for m in dict.fromkeys([*observe, *(c.module for c in corrections)])]
-    store: dict[Probe, torch.Tensor] = {}
+    store: dict[Probe, Centred] = {}
     out = StatsDict()
     handles = [
         modules[name].register_forward_hook(_bn_normaliser(modules[name], bn_mode))
@@ -167,14 +169,13 @@ def recalibration_pass(
     ]
     try:
         with (
-            tap(net, probes, store),
+            tap(net, probes, store, centred),
             transform_outputs(net, {c.module: _batch_corrector(c) for c in corrections}),
         ):
             for x, _ in batches:
                 net(x.to(device, non_blocking=True))
                 for p in probes:
-                    part = CoMoments.from_batch(store.pop(p))
-                    out.add(p.module, part)
+                    out.add(p.module, CoMoments.from_centred(store.pop(p)))
     finally:
         for h in handles:
             h.remove()

@@ -191,3 +191,34 @@ def test_mixed_precision_workers_keep_float64_statistics_and_the_same_matching(r
     for key in exact:
         assert mixed[key].c_ab.dtype == torch.float64
         torch.testing.assert_close(mixed[key].corr(), exact[key].corr(), atol=0.05, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def trained_with_dead_units():
+    """Two deep narrow MLPs trained briefly on digits with a large step: some units die."""
+    train, _ = rd.load_dataset("digits")
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = rd.build_model("mlp", depth=8, width=32, norm="none", in_shape=(1, 8, 8))
+        nets.append(rd.train_model(net, train, epochs=4, seed=seed, lr=0.1, device="cpu"))
+    return nets[0], nets[1], BatchPlan(train, 100)
+
+
+def test_permutations_of_trained_nets_with_dead_units_do_not_depend_on_the_worker_count(
+    pools, trained_with_dead_units
+):
+    net_a, net_b, plan = trained_with_dead_units
+    for net in (net_a, net_b):  # the case this guards: trained nets with dead units
+        dead = {k: v for k, v in rd.collapsed_filters(net, plan).items() if k.startswith("dead:")}
+        assert sum(dead.values()) >= 8, dead
+    perms, merged = {}, {}
+    for workers in (1, 2, 3):
+        perms[workers] = rd.activation_matching(net_a, net_b, plan, workers=pools[workers])
+        net_c = rd.apply_permutation(net_b, perms[workers])
+        merged[workers] = rd.interpolate([net_a, net_c], [0.5, 0.5]).state_dict()
+    for workers in (2, 3):
+        for g, p in perms[1].items():
+            assert torch.equal(perms[workers][g], p), (workers, g)
+        for k, v in merged[1].items():
+            assert torch.equal(merged[workers][k], v), (workers, k)

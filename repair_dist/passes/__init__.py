@@ -19,10 +19,11 @@ from .functions import (
     evaluation_pass,
 )
 from .probes import Probe
-from .stats import CoMoments, CrossMoments, StatsDict, flatten_channels
-from .taps import tap, transform_outputs
+from .stats import Centred, CoMoments, CrossMoments, StatsDict, centre, flatten_channels
+from .taps import centred, snapshot, tap, transform_outputs
 
 __all__ = [
+    "Centred",
     "CoMoments",
     "CrossMoments",
     "EvalTotals",
@@ -32,12 +33,15 @@ __all__ = [
     "StatsDict",
     "Workers",
     "alignment_stats_pass",
+    "centre",
+    "centred",
     "channel_stats_pass",
     "device_of",
     "evaluation_pass",
     "flatten_channels",
     "resolve_executor",
     "run_pass",
+    "snapshot",
     "tap",
     "transform_outputs",
 ]

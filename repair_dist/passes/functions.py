@@ -18,8 +18,8 @@ from torch import nn
 
 from ..data.batches import Batch
 from .probes import Probe
-from .stats import CoMoments, CrossMoments, StatsDict
-from .taps import tap
+from .stats import Centred, CoMoments, CrossMoments, StatsDict, centre
+from .taps import centred, tap
 
 
 def device_of(net: nn.Module) -> torch.device:
@@ -50,16 +50,21 @@ def alignment_stats_pass(
     device = device_of(net_a)
     probes = list(dict.fromkeys(probes))
     skip = set(moments_only)
-    acts_a: dict[Probe, torch.Tensor] = {}
-    acts_b: dict[Probe, torch.Tensor] = {}
+    acts_a: dict[Probe, Centred] = {}
+    acts_b: dict[Probe, Centred] = {}
+
+    def observe(p: Probe, act: torch.Tensor) -> Centred:
+        # extremes (to tell constant units exactly) only where a correlation is computed
+        return centre(act, relu=p.relu, extremes=p not in skip)
+
     out = StatsDict()
-    with tap(net_a, probes, acts_a), tap(net_b, probes, acts_b):
+    with tap(net_a, probes, acts_a, observe), tap(net_b, probes, acts_b, observe):
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             net_a(x)
             net_b(x)
             for p in probes:
-                part = CrossMoments.from_batch(acts_a.pop(p), acts_b.pop(p), p not in skip)
+                part = CrossMoments.from_centred(acts_a.pop(p), acts_b.pop(p), p not in skip)
                 out.add(p, part)
     return out.cpu()
 
@@ -73,17 +78,17 @@ def channel_stats_pass(
         n.eval()
     device = device_of(nets[0])
     probes = [Probe(m) for m in dict.fromkeys(modules)]
-    stores: list[dict[Probe, torch.Tensor]] = [{} for _ in nets]
+    stores: list[dict[Probe, Centred]] = [{} for _ in nets]
     out = StatsDict()
     with ExitStack() as stack:
         for n, s in zip(nets, stores, strict=True):
-            stack.enter_context(tap(n, probes, s))
+            stack.enter_context(tap(n, probes, s, centred))
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             for n in nets:
                 n(x)
             for p in probes:
-                out.add(p.module, CoMoments.from_batch(*(s.pop(p) for s in stores)))
+                out.add(p.module, CoMoments.from_centred(*(s.pop(p) for s in stores)))
     return out.cpu()
 
 
@@ -121,9 +126,9 @@ def evaluation_pass(
     net.eval()
     device = device_of(net)
     probes = [Probe(m) for m in dict.fromkeys(points)]
-    store: dict[Probe, torch.Tensor] = {}
+    store: dict[Probe, Centred] = {}
     totals = EvalTotals()
-    with tap(net, probes, store):
+    with tap(net, probes, store, centred):
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = net(x).float()
@@ -131,7 +136,6 @@ def evaluation_pass(
             totals.correct += int((logits.argmax(1) == y).sum())
             totals.n += int(y.numel())
             for p in probes:
-                part = CoMoments.from_batch(store.pop(p))
-                totals.points.add(p.module, part)
+                totals.points.add(p.module, CoMoments.from_centred(store.pop(p)))
     totals.points = totals.points.cpu()
     return totals
