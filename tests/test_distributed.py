@@ -222,3 +222,16 @@ def test_permutations_of_trained_nets_with_dead_units_do_not_depend_on_the_worke
             assert torch.equal(perms[workers][g], p), (workers, g)
         for k, v in merged[1].items():
             assert torch.equal(merged[workers][k], v), (workers, k)
+
+
+def test_collapsed_filters_is_a_sharded_pass(pools, trained_with_dead_units):
+    net, _, plan = trained_with_dead_units
+    x = torch.cat([x for x, _ in plan.batches()])
+    counts = rd.collapsed_filters(net, plan)
+    with torch.no_grad():
+        h = x.flatten(1)
+        for i, block in enumerate(net.blocks):  # the MLP's matching probes: block outputs
+            h = block(h)
+            assert counts[f"dead:blocks.{i}.act"] == int((h <= 0).all(0).sum())
+    for workers in (2, 3):
+        assert rd.collapsed_filters(net, plan, workers=pools[workers]) == counts

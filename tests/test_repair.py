@@ -304,3 +304,48 @@ def test_bn_variants_measure_the_net_they_return(variant, changes, gaussian_imag
             assert not torch.allclose(v, untouched[k], rtol=1e-2), f"{k} should have changed"
         elif not k.endswith("num_batches_tracked"):
             torch.testing.assert_close(fixed[k], untouched[k], rtol=0, atol=0, msg=k)
+
+
+def test_endpoints_of_a_curve_are_evaluated_once_and_never_repaired(gaussian_images, monkeypatch):
+    """At alpha 0 and 1 the merged net is an endpoint: every variant reports its evaluation,
+    and no recalibration pass runs there."""
+    import repair_dist.pipeline as pipeline
+
+    a, b = _pair(depth=3, width=16)
+    repaired_at: list[float] = []
+    real_repair = pipeline.repair
+
+    def spy(mid, endpoints, weights, *args, **kw):
+        repaired_at.append(float(weights[1]))
+        return real_repair(mid, endpoints, weights, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "repair", spy)
+    variants = ["aligned", "full", "rescale"]
+    curve = rd.interpolation_curve(
+        a, b, gaussian_images, gaussian_images, alphas=[0.0, 0.5, 1.0], variants=variants
+    )
+    assert sorted(repaired_at) == [0.5, 0.5]
+    for alpha in (0.0, 1.0):
+        at = curve[curve["alpha"] == alpha].set_index(["variant", "split"])[["loss", "acc"]]
+        for variant in variants[1:]:
+            assert (at.loc[variant].to_numpy() == at.loc["aligned"].to_numpy()).all()
+    mid = curve[curve["alpha"] == 0.5].set_index(["variant", "split"])["loss"]
+    assert mid.loc[("full", "train")] != mid.loc[("aligned", "train")]
+
+
+def test_statistics_for_weight_matching_skip_every_correlation(gaussian_images):
+    """Weight matching reads no correlation: its pass keeps REPAIR probes' per-channel
+    moments only, identical to those of the full pass."""
+    a, b = _pair(depth=3, width=16)
+    spec = permutation_spec(a)
+    full = rd.alignment_statistics(a, b, gaussian_images, spec=spec)
+    lean = rd.alignment_statistics(
+        a, b, gaussian_images, spec=spec, matching=False, repair_cross=False
+    )
+    assert set(lean) == {Probe(rp.module) for rp in spec.repair_points}
+    for p, m in lean.items():
+        assert not m.has_cross
+        for name in ("mean_a", "mean_b", "m2_a", "m2_b"):
+            assert torch.equal(getattr(m, name), getattr(full[p], name)), (p, name)
+    with pytest.raises(ValueError, match="matching=True or repair=True"):
+        rd.alignment_statistics(a, b, gaussian_images, matching=False, repair=False)

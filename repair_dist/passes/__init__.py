@@ -12,7 +12,9 @@ science module can import it at the top level.
 
 from .executor import Executor, LocalExecutor, Workers, resolve_executor, run_pass
 from .functions import (
+    ActiveUnits,
     EvalTotals,
+    active_units_pass,
     alignment_stats_pass,
     channel_stats_pass,
     device_of,
@@ -23,6 +25,7 @@ from .stats import Centred, CoMoments, CrossMoments, StatsDict, centre, flatten_
 from .taps import centred, snapshot, tap, transform_outputs
 
 __all__ = [
+    "ActiveUnits",
     "Centred",
     "CoMoments",
     "CrossMoments",
@@ -32,6 +35,7 @@ __all__ = [
     "Probe",
     "StatsDict",
     "Workers",
+    "active_units_pass",
     "alignment_stats_pass",
     "centre",
     "centred",

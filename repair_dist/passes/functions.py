@@ -139,3 +139,42 @@ def evaluation_pass(
                 totals.points.add(p.module, CoMoments.from_centred(store.pop(p)))
     totals.points = totals.points.cpu()
     return totals
+
+
+@dataclass
+class ActiveUnits:
+    """Per probe, which channels were ever > 0 on the data seen (merge: logical or)."""
+
+    active: dict[Probe, torch.Tensor] = field(default_factory=dict)
+
+    def merge(self, other: ActiveUnits) -> ActiveUnits:
+        out = dict(self.active)
+        for p, hit in other.active.items():
+            out[p] = out[p] | hit if p in out else hit
+        return ActiveUnits(out)
+
+    def dead(self) -> dict[Probe, int]:
+        return {p: int((~hit).sum()) for p, hit in self.active.items()}
+
+
+def _any_positive(_probe: Probe, act: torch.Tensor) -> torch.Tensor:
+    # relu(x) > 0 exactly where x > 0, so a probe's relu flag changes nothing here
+    dims = [d for d in range(act.dim()) if d != 1]
+    return (act > 0).any(dim=dims) if dims else act > 0
+
+
+@torch.no_grad()
+def active_units_pass(
+    net: nn.Module, *, batches: Iterable[Batch], probes: Sequence[Probe]
+) -> ActiveUnits:
+    """Which units activate at all on the data (dead units never do): a mergeable pass."""
+    net.eval()
+    device = device_of(net)
+    probes = list(dict.fromkeys(probes))
+    store: dict[Probe, torch.Tensor] = {}
+    out = ActiveUnits()
+    with tap(net, probes, store, _any_positive):
+        for x, _ in batches:
+            net(x.to(device, non_blocking=True))
+            out = out.merge(ActiveUnits({p: store.pop(p).cpu() for p in probes}))
+    return out

@@ -106,22 +106,33 @@ def alignment_statistics(
     workers: Workers = 1,
     repair: bool = True,
     repair_cross: bool = True,
+    matching: bool = True,
 ) -> StatsDict:
     """One pass of A and B over ``data``: cross moments at every matching and REPAIR probe.
 
     ``repair=False``: matching probes only. ``repair_cross=False``: at REPAIR-only probes keep
     per-channel moments and skip the cross matrix (enough for every variant but
     ``closed_form``), which removes about half the statistics work of a deep MLP.
+    ``matching=False``: REPAIR probes only (e.g. when weight matching finds the permutation,
+    no correlation is read).
     """
     spec = spec or permutation_spec(net_a)
     check_same_architecture(net_a, net_b)
+    if not matching and not repair:
+        raise ValueError("alignment_statistics needs matching=True or repair=True")
+    if matching:
+        probes = alignment_probes(spec, residual, repair=repair)
+        lean = repair_only_probes(spec, residual) if repair and not repair_cross else []
+    else:
+        probes = list(dict.fromkeys(Probe(rp.module) for rp in spec.repair_points))
+        lean = [] if repair_cross else probes
     return run_pass(
         alignment_stats_pass,
         [net_a, net_b],
         as_plan(data, batch_size),
         workers,
-        probes=alignment_probes(spec, residual, repair=repair),
-        moments_only=repair_only_probes(spec, residual) if repair and not repair_cross else (),
+        probes=probes,
+        moments_only=lean,
     )
 
 
