@@ -235,3 +235,29 @@ def test_collapsed_filters_is_a_sharded_pass(pools, trained_with_dead_units):
             assert counts[f"dead:blocks.{i}.act"] == int((h <= 0).all(0).sum())
     for workers in (2, 3):
         assert rd.collapsed_filters(net, plan, workers=pools[workers]) == counts
+
+
+def test_pools_of_any_size_give_bit_identical_statistics(pools, pair):
+    """The shard layout depends on the plan only, and shards merge in shard order."""
+    net_a, net_b, plan = pair
+    two = rd.alignment_statistics(net_a, net_b, plan, workers=pools[2])
+    three = rd.alignment_statistics(net_a, net_b, plan, workers=pools[3])
+    for key, moments in two.items():
+        for name, value in vars(moments).items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(getattr(three[key], name), value), (key, name)
+
+
+def test_a_slow_worker_holds_up_only_the_shard_it_is_on(pools):
+    """Shards are pulled from a queue: the fast worker runs most of them, every batch runs
+    once, and the partials still merge in shard (batch) order."""
+    ray.cloudpickle.register_pickle_by_value(helpers)
+    pool = pools[2]
+    data = torch.utils.data.TensorDataset(torch.arange(32.0)[:, None], torch.zeros(32))
+    plan = BatchPlan(data, 2)  # 16 batches
+    slow_pid = pool.where()[0]["pid"]
+    got = pool.run(helpers.who_ran, [torch.nn.Identity()], plan, slow_pid=slow_pid, seconds=0.4)
+    firsts = [first for _, first in got.runs]
+    assert firsts == list(range(0, 32, 2))  # every batch once, merged in shard order
+    slow = sum(pid == slow_pid for pid, _ in got.runs)
+    assert slow <= 4, f"the slow worker ran {slow} of 16 shards"
