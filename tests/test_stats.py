@@ -138,3 +138,17 @@ def test_moments_without_cross_terms_match_the_full_ones_and_merge():
         torch.testing.assert_close(getattr(lean, name), getattr(full, name), rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="without cross terms"):
         lean.corr()
+
+
+def test_cross_moments_travel_as_one_tensor_and_arrive_equal():
+    """Partials cross process boundaries (Ray): the packed pickle restores every field."""
+    import pickle
+
+    gen = torch.Generator().manual_seed(6)
+    a, b = torch.randn(40, 5, 3, generator=gen), torch.randn(40, 4, 3, generator=gen)
+    for cross in (True, False):
+        m = CrossMoments.from_batch(a, b, cross)
+        back = pickle.loads(pickle.dumps(m))
+        assert back.n == m.n and back.has_cross == cross
+        for x, y in zip(m._tensors(), back._tensors(), strict=True):
+            assert torch.equal(x, y)

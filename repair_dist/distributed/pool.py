@@ -114,8 +114,8 @@ class ShardWorker:
         nets = [net.to(self._device) for net in nets]
         if not self._amp:
             return fn(*nets, batches=plan.batches(batch_ids), **kwargs)
-        # Mixed precision: bf16 forwards (channels-last convs on GPU); the statistics still
-        # accumulate in float64 (CrossMoments/CoMoments convert each batch before summing).
+        # Mixed precision: bf16 forwards (channels-last convs on GPU); each batch's moments
+        # are still float32 over batch-centred data, merged across batches in float64.
         if self._device.type == "cuda":
             nets = [net.to(memory_format=torch.channels_last) for net in nets]
         with torch.autocast(self._device.type, dtype=torch.bfloat16):

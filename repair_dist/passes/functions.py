@@ -19,13 +19,29 @@ from torch import nn
 from ..data.batches import Batch
 from .probes import Probe
 from .stats import Centred, CoMoments, CrossMoments, StatsDict, centre
-from .taps import centred, tap
+from .taps import Observe, tap
 
 
 def device_of(net: nn.Module) -> torch.device:
     for p in net.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def _centring(moments_only: set[Probe] | frozenset[Probe] = frozenset()) -> Observe:
+    """An observation that centres each probe into the buffer it used on the last batch.
+
+    Safe because every batch's centred data is reduced to moments before the next forward;
+    channel extremes (to tell constant units exactly) only where a correlation is computed.
+    """
+    buffers: dict[Probe, torch.Tensor] = {}
+
+    def observe(p: Probe, act: torch.Tensor) -> Centred:
+        c = centre(act, relu=p.relu, extremes=p not in moments_only, out=buffers.get(p))
+        buffers[p] = c.x
+        return c
+
+    return observe
 
 
 @torch.no_grad()
@@ -52,13 +68,11 @@ def alignment_stats_pass(
     skip = set(moments_only)
     acts_a: dict[Probe, Centred] = {}
     acts_b: dict[Probe, Centred] = {}
-
-    def observe(p: Probe, act: torch.Tensor) -> Centred:
-        # extremes (to tell constant units exactly) only where a correlation is computed
-        return centre(act, relu=p.relu, extremes=p not in skip)
-
     out = StatsDict()
-    with tap(net_a, probes, acts_a, observe), tap(net_b, probes, acts_b, observe):
+    with (
+        tap(net_a, probes, acts_a, _centring(skip)),
+        tap(net_b, probes, acts_b, _centring(skip)),
+    ):
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             net_a(x)
@@ -82,7 +96,7 @@ def channel_stats_pass(
     out = StatsDict()
     with ExitStack() as stack:
         for n, s in zip(nets, stores, strict=True):
-            stack.enter_context(tap(n, probes, s, centred))
+            stack.enter_context(tap(n, probes, s, _centring(set(probes))))
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             for n in nets:
@@ -128,7 +142,7 @@ def evaluation_pass(
     probes = [Probe(m) for m in dict.fromkeys(points)]
     store: dict[Probe, Centred] = {}
     totals = EvalTotals()
-    with tap(net, probes, store, centred):
+    with tap(net, probes, store, _centring(set(probes))):
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = net(x).float()

@@ -9,8 +9,8 @@ Two estimators, one definition of mean/std (population moments, divide by ``n``)
   cross co-moment matrix that activation matching turns into correlations.
 
 Per batch, each probe's activations are centred by their batch mean (:func:`centre`, computed
-inside the forward hook, so the centred copy is the only copy) and the moments are float32
-GEMMs/reductions of centred data: centring removes the cancellation that makes float32
+inside the forward hook, so the centred copy is the only copy, in the activation's own layout)
+and the moments are float32 GEMMs/reductions of centred data: centring removes the cancellation that makes float32
 moments inaccurate, so correlations stay within ~2e-6 of a float64 computation at a fraction
 of its cost. Batches then merge in float64 with Chan et al.'s parallel update, so statistics of
 shards made of whole batches combine to the statistics of the whole up to float64 rounding, in
@@ -42,54 +42,103 @@ def flatten_channels(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Centred:
-    """One batch of one probe: float32 (samples, C) data centred by its batch ``mean``.
+    """One batch of one probe, centred by its batch ``mean``: float32 ``x`` of shape
+    (N, C, L) (L = positions per channel; 1 for a linear layer), in the activation's own
+    layout, so no relayout copy is needed; ``m2`` its per-channel sum of squares (float64).
 
-    ``lo``/``hi``: per-channel extremes of the raw data (only when asked for; see
-    :func:`centre`).
+    ``lo``/``hi``: per-channel extremes of the raw data, exact for every channel that could
+    be constant and -inf/+inf for the rest (only when asked for; see :func:`centre`).
     """
 
     mean: torch.Tensor
     x: torch.Tensor
+    m2: torch.Tensor
     lo: torch.Tensor | None = None
     hi: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
-        return self.x.shape[0]
+        return self.x.shape[0] * self.x.shape[2]
 
 
-def centre(x: torch.Tensor, relu: bool = False, extremes: bool = False) -> Centred:
-    """Batch-centred float32 copy of ``x`` as (samples, C), ReLU applied first if asked.
+#: A constant channel's centred values all equal c - fl(mean), at most a few dozen float32
+#: roundings of |c| for any batch size; m2 above n * (this * |mean|)^2 proves variation.
+_CONSTANT_SLACK = 64 * torch.finfo(torch.float32).eps
 
-    Writes one new tensor (the centred data, already in the (samples, C) layout the GEMMs
-    want), so it is safe against later in-place ops on ``x`` without a defensive clone.
+
+def centre(
+    x: torch.Tensor,
+    relu: bool = False,
+    extremes: bool = False,
+    out: torch.Tensor | None = None,
+) -> Centred:
+    """Batch-centred float32 copy of ``x`` as (N, C, L), ReLU applied first if asked.
+
+    Writes one new tensor (the centred data), so it is safe against later in-place ops on
+    ``x`` without a defensive clone; (N, C, *spatial) is viewed as (N, C, L), never copied
+    into another layout. ``out``: a buffer from the previous batch to write into (used when
+    its shape fits), which keeps a pass from allocating fresh memory per probe per batch.
+
+    ``extremes``: exact per-channel min/max of the raw data wherever the channel could be
+    constant (its spread is within float32 rounding of its mean); channels whose spread
+    proves they vary get -inf/+inf, which merges to "not constant" as it should. So only
+    suspect channels (dead or collapsed ones, usually few) cost an extra read.
     """
     if x.dim() < 2:
         raise ValueError(f"cannot take channel statistics of a tensor of shape {tuple(x.shape)}")
-    c = x.shape[1]
-    rows = x.movedim(1, -1) if x.dim() > 2 else x  # a view: (N, *spatial, C)
-    buf = torch.empty(rows.shape, dtype=torch.float32, device=x.device)
-    flat = buf.view(-1, c)
-    lo = hi = None
-    if relu or extremes:
-        if relu:
-            torch.clamp_min(rows, 0, out=buf)
-        else:
-            buf.copy_(rows)
-        mean = flat.mean(0)
-        if extremes:
-            lo, hi = torch.aminmax(flat, dim=0)
-        flat.sub_(mean)
+    raw = x.detach().reshape(x.shape[0], x.shape[1], -1)
+    fits = out is not None and out.shape == raw.shape and out.device == raw.device
+    buf = out if fits else torch.empty(raw.shape, dtype=torch.float32, device=raw.device)
+    v = torch.clamp_min(raw, 0, out=buf) if relu else raw
+    mean = v.mean((0, 2), dtype=torch.float32)
+    if relu:
+        buf.sub_(mean[:, None])
     else:
-        dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dims, dtype=torch.float32)
-        torch.sub(rows, mean, out=buf)
-    return Centred(mean, flat, lo, hi)
+        torch.sub(v, mean[:, None], out=buf)
+    flat = buf[:, :, 0] if buf.shape[2] == 1 else None
+    if flat is not None:
+        m2 = torch.linalg.vecdot(flat, flat, dim=0).double()
+    else:
+        m2 = torch.linalg.vecdot(buf, buf, dim=-1).sum(0).double()
+    lo = hi = None
+    if extremes:
+        n = buf.shape[0] * buf.shape[2]
+        suspect = m2 <= n * (_CONSTANT_SLACK * mean.double().abs()) ** 2
+        lo = torch.full_like(mean, -math.inf)
+        hi = torch.full_like(mean, math.inf)
+        if suspect.any():
+            idx = suspect.nonzero().flatten()
+            part = raw[:, idx, :]
+            part = part.clamp_min(0) if relu else part
+            lo[idx], hi[idx] = part.amin((0, 2)).float(), part.amax((0, 2)).float()
+    return Centred(mean, buf, m2, lo, hi)
+
+
+def _co(a: Centred, b: Centred) -> torch.Tensor:
+    """Per-channel sum of products of two centred batches (float64), without a temporary."""
+    if a is b:
+        return a.m2
+    if a.x.shape[2] == 1:
+        return torch.linalg.vecdot(a.x[:, :, 0], b.x[:, :, 0], dim=0).double()
+    return torch.linalg.vecdot(a.x, b.x, dim=-1).sum(0).double()
 
 
 def _m2(c: Centred) -> torch.Tensor:
-    """Per-channel sum of squares of centred data (float64), without a squared temporary."""
-    return torch.linalg.vector_norm(c.x, dim=0).double().square()
+    return c.m2
+
+
+def _cross(a: Centred, b: Centred) -> torch.Tensor:
+    """C_a x C_b sum of products over every sample (float32 GEMM, float64 result).
+
+    Kept in float32 even inside a bf16 autocast region (amp workers): the statistics'
+    precision must not follow the forward's.
+    """
+    with torch.autocast(a.x.device.type, enabled=False):
+        if a.x.shape[2] == 1:
+            out = a.x[:, :, 0].T @ b.x[:, :, 0]
+        else:  # one GEMM per image over its positions, then summed: no relayout copy
+            out = torch.bmm(a.x, b.x.transpose(1, 2)).sum(0)
+    return out.double()
 
 
 @dataclass
@@ -109,9 +158,8 @@ class CoMoments:
         k, ch = len(cs), cs[0].x.shape[1]
         cm = torch.empty(k, k, ch, dtype=torch.float64, device=cs[0].x.device)
         for i in range(k):
-            cm[i, i] = _m2(cs[i])
-            for j in range(i + 1, k):
-                cm[i, j] = cm[j, i] = (cs[i].x * cs[j].x).sum(0).double()
+            for j in range(i, k):
+                cm[i, j] = cm[j, i] = _co(cs[i], cs[j])
         mean = torch.stack([c.mean for c in cs]).double()
         return cls(cs[0].n, mean, cm)
 
@@ -184,7 +232,7 @@ class CrossMoments:
         if a.lo is None or b.lo is None:
             raise ValueError("cross moments need the channel extremes: centre(x, extremes=True)")
         extremes = (a.lo.double(), a.hi.double(), b.lo.double(), b.hi.double())
-        return cls(*base, (a.x.T @ b.x).double(), *extremes)
+        return cls(*base, _cross(a, b), *extremes)
 
     @property
     def has_cross(self) -> bool:
@@ -207,7 +255,7 @@ class CrossMoments:
             self.mean_b + db * (other.n / n),
             self.m2_a + other.m2_a + da * da * w,
             self.m2_b + other.m2_b + db * db * w,
-            self.c_ab + other.c_ab + torch.outer(da, db) * w if cross else empty,
+            torch.addr(self.c_ab + other.c_ab, da, db, alpha=w) if cross else empty,
             torch.minimum(self.lo_a, other.lo_a) if cross else empty,
             torch.maximum(self.hi_a, other.hi_a) if cross else empty,
             torch.minimum(self.lo_b, other.lo_b) if cross else empty,
@@ -216,6 +264,13 @@ class CrossMoments:
 
     def cpu(self) -> CrossMoments:
         return CrossMoments(self.n, *(t.cpu() for t in self._tensors()))
+
+    def __reduce__(self):
+        """Pickle as one flat tensor: shards' partials travel from Ray workers, and pickling
+        9 tensors per probe one by one costs several times more than the bytes."""
+        ts = self._tensors()
+        flat = torch.cat([t.reshape(-1) for t in ts])
+        return (_unpack_cross_moments, (self.n, [tuple(t.shape) for t in ts], flat))
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
         moments = (self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab)
@@ -242,6 +297,14 @@ class CrossMoments:
         cross = self.c_ab[idx, perm_b] if self.has_cross else torch.full_like(self.m2_a, math.nan)
         cm[0, 1] = cm[1, 0] = cross
         return CoMoments(self.n, mean, cm)
+
+
+def _unpack_cross_moments(
+    n: int, shapes: list[tuple[int, ...]], flat: torch.Tensor
+) -> CrossMoments:
+    sizes = [math.prod(shape) for shape in shapes]
+    parts = [t.view(shape) for t, shape in zip(flat.split(sizes), shapes, strict=True)]
+    return CrossMoments(n, *parts)
 
 
 def _safe_div(num: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
