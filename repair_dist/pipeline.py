@@ -38,6 +38,9 @@ from .repair import VARIANTS, endpoint_statistics, repair
 
 #: Matching methods a trial accepts (the registry's names).
 METHODS = tuple(MATCHING_METHODS)
+#: What a sweep runs when it names no methods: the two cheap pair matchers. STE trains a copy
+#: of the net per pair (many epochs), so a sweep asks for it explicitly.
+DEFAULT_METHODS = ("activation", "weight")
 
 
 #: Curve variants: "aligned" is plain interpolation; the rest are REPAIR variants.
