@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .data.batches import BatchPlan, as_plan
-from .passes import Probe, StatsDict, Workers, device_of, evaluation_pass, run_pass, tap
+from .passes import StatsDict, Workers, active_units_pass, evaluation_pass, run_pass
 from .perm.spec import PermutationSpec, permutation_spec
 from .repair import goal_statistics
 
@@ -106,11 +106,13 @@ def collapsed_filters(
     spec: PermutationSpec | None = None,
     gamma_threshold: float = 1e-2,
     batch_size: int = 1000,
+    workers: Workers = 1,
 ) -> dict[str, int]:
     """Per layer: BN channels with |gamma| < threshold, or units that never activate on data.
 
     Collapsed filters (Zhou et al. 2020) corrupt correlations and REPAIR statistics, so every
     endpoint records them. Keys: BN module names (gamma) and matching probe modules (dead).
+    The pass over data is a mergeable pass, so ``workers=N`` shards it like any other.
     """
     spec = spec or permutation_spec(net)
     out: dict[str, int] = {}
@@ -119,19 +121,11 @@ def collapsed_filters(
             out[name] = int((module.weight.abs() < gamma_threshold).sum())
     if data is not None:
         probes = list(dict.fromkeys(p for ps in spec.match_probes.values() for p in ps))
-        store: dict[Probe, torch.Tensor] = {}
-        active: dict[Probe, torch.Tensor] = {}
-        net.eval()
-        with tap(net, probes, store):
-            for x, _ in as_plan(data, batch_size).batches():
-                net(x.to(device_of(net)))
-                for p in probes:
-                    act = store.pop(p)
-                    dims = [d for d in range(act.dim()) if d != 1]
-                    hit = (act > 0).any(dim=dims) if dims else act > 0
-                    active[p] = active[p] | hit if p in active else hit
-        for p, hit in active.items():
-            out[f"dead:{p.module}"] = int((~hit).sum())
+        units = run_pass(
+            active_units_pass, [net], as_plan(data, batch_size), workers, probes=probes
+        )
+        for p, dead in units.dead().items():
+            out[f"dead:{p.module}"] = dead
     return out
 
 

@@ -3,7 +3,10 @@
 This is what a stage-2 sweep trial computes, without Ray Tune, MLflow or Parquet, so
 notebooks, tests and the sweep runner share one implementation. Data passes:
   1. one alignment pass of A and B (correlations for matching + endpoint stats for REPAIR),
-  2. per alpha and variant: a recalibration pass (REPAIR variants) and two evaluation passes.
+  2. per alpha and variant: a recalibration pass (REPAIR variants) and two evaluation passes;
+     at alpha 0 and 1 (the endpoints themselves) only the two evaluation passes, once for all
+     variants.
+With weight matching the alignment pass skips every correlation (nothing reads them).
 The ``naive`` variant is the same curve for the *unaligned* B (its goal statistics are those
 of unpermuted B, from the same pass).
 """
@@ -35,6 +38,9 @@ from .repair import VARIANTS, endpoint_statistics, repair
 
 #: Matching methods a trial accepts (the registry's names).
 METHODS = tuple(MATCHING_METHODS)
+#: What a sweep runs when it names no methods: the two cheap pair matchers. STE trains a copy
+#: of the net per pair (many epochs), so a sweep asks for it explicitly.
+DEFAULT_METHODS = ("activation", "weight")
 
 
 #: Curve variants: "aligned" is plain interpolation; the rest are REPAIR variants.
@@ -109,9 +115,11 @@ def interpolation_curve(
     for alpha in alpha_grid(alphas):
         w = alpha_weights(alpha)
         mid = interpolate([net_a, net_c], w)
+        endpoint = alpha in (0.0, 1.0)
+        evaluated = None
         for variant in variants:
             net = mid
-            if variant != "aligned":
+            if variant != "aligned" and not endpoint:
                 net = repair(
                     mid,
                     [net_a, net_c],
@@ -122,8 +130,14 @@ def interpolation_curve(
                     goal_stats=goal_stats,
                     workers=executor,
                 )
-            train_totals = run_pass(evaluation_pass, [net], train_plan, executor, points=points)
-            test_totals = run_pass(evaluation_pass, [net], test_plan, executor)
+            # At alpha 0 and 1 the merged net *is* an endpoint: nothing to renormalise (the
+            # barrier is measured against it), so every variant reports its evaluation.
+            if evaluated is None or not endpoint:
+                evaluated = (
+                    run_pass(evaluation_pass, [net], train_plan, executor, points=points),
+                    run_pass(evaluation_pass, [net], test_plan, executor),
+                )
+            train_totals, test_totals = evaluated
             for split, totals in (("train", train_totals), ("test", test_totals)):
                 rows.append((variant, alpha, split, totals.loss, totals.acc))
             for layer, ratio, shift in variance_ratios(train_totals.points, goal_stats, w):
@@ -182,6 +196,7 @@ def merge_trial(
     spec = permutation_spec(net_a)
     executor = resolve_executor(workers)
     train_plan, test_plan = as_plan(train, batch_size), as_plan(test, batch_size)
+    # Only activation matching reads correlations; only closed_form the REPAIR cross terms.
     stats = alignment_statistics(
         net_a,
         net_b,
@@ -190,6 +205,7 @@ def merge_trial(
         residual=residual,
         workers=executor,
         repair_cross="closed_form" in variants,  # only closed_form reads the A-B cross terms
+        matching=matcher.needs_correlations,  # weight matching and STE read no correlations
     )
     perm = matcher.match(
         MatchInputs(net_a, net_b, spec, stats, residual, train_plan, seed, executor)

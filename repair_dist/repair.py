@@ -11,6 +11,9 @@ Variants (``VARIANTS``):
 * ``rescale`` - only the std is matched (scale by goal std / own std, no centring: Qu &
   Horvath's RESCALE). At BN points: only ``running_var`` is re-estimated.
 * ``reshift`` - only the mean is matched. At BN points: only ``running_mean``.
+  At BN points both are layer-consistent: while measuring, each BN normalises with the batch
+  statistic its variant re-estimates and keeps the other running one, so every BN's
+  statistics describe the net that is returned (not one whose upstream BNs were fully reset).
 * ``closed_form`` - no pass over the merged net: its std is predicted from the endpoint stds
   and their matched correlation, sqrt(sum_ij w_i w_j s_i s_j rho_ij).
 
@@ -33,15 +36,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from .data.batches import Batch, BatchPlan, as_plan
 from .passes import (
+    Centred,
     CoMoments,
     Probe,
     StatsDict,
     Workers,
+    centred,
     channel_stats_pass,
     device_of,
     run_pass,
@@ -109,6 +115,28 @@ def _batch_corrector(c: Correction):
     return correct
 
 
+def _bn_normaliser(bn: nn.Module, mode: str):
+    """A forward hook that makes ``bn`` normalise as the net that ``mode`` returns will.
+
+    ``both``: batch mean and variance (train-mode normalisation, the BN reset); ``var``: batch
+    variance with the running mean kept (``rescale``); ``mean``: batch mean with the running
+    variance kept (``reshift``). Only what the variant re-estimates comes from the batch, so
+    every later layer is measured on the net that is returned (layer-consistent).
+    """
+
+    def normalise(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor):
+        x = inputs[0]
+        dims = [d for d in range(x.dim()) if d != 1]
+        var, mean = torch.var_mean(x, dims, unbiased=False)
+        if mode == "var":
+            mean = bn.running_mean
+        elif mode == "mean":
+            var = bn.running_var
+        return F.batch_norm(x, mean, var, bn.weight, bn.bias, training=False, eps=bn.eps)
+
+    return normalise
+
+
 @torch.no_grad()
 def recalibration_pass(
     net: nn.Module,
@@ -116,43 +144,41 @@ def recalibration_pass(
     batches: Iterable[Batch],
     corrections: Sequence[Correction] = (),
     batchnorms: Sequence[str] = (),
+    bn_mode: str = "both",
     observe: Sequence[str] = (),
 ) -> StatsDict:
     """Statistics of a merged net's layer outputs with every correction active.
 
     Corrected layers are renormalised with their own *batch* statistics and the listed
-    BatchNorms normalise with batch statistics (train mode), so later layers see corrected
+    BatchNorms normalise with the batch statistics that ``bn_mode`` re-estimates ("both",
+    "var" or "mean"; the rest from their running statistics), so later layers see corrected
     inputs, exactly as in the REPAIR reference; the pooled float64 statistics of each
     observed output (before its correction) are returned. Running stats are left untouched.
     """
+    if bn_mode not in ("both", "var", "mean"):
+        raise ValueError(f"bn_mode must be 'both', 'var' or 'mean' (got {bn_mode!r})")
     net.eval()
     modules = dict(net.named_modules())
-    saved = {}
-    for name in batchnorms:
-        bn = modules[name]
-        saved[name] = (bn.momentum, bn.num_batches_tracked.clone())
-        bn.momentum = 0.0  # train-mode normalisation without touching running statistics
-        bn.train()
     device = device_of(net)
     probes = [Probe(m) for m in dict.fromkeys([*observe, *(c.module for c in corrections)])]
-    store: dict[Probe, torch.Tensor] = {}
+    store: dict[Probe, Centred] = {}
     out = StatsDict()
+    handles = [
+        modules[name].register_forward_hook(_bn_normaliser(modules[name], bn_mode))
+        for name in batchnorms
+    ]
     try:
         with (
-            tap(net, probes, store),
+            tap(net, probes, store, centred),
             transform_outputs(net, {c.module: _batch_corrector(c) for c in corrections}),
         ):
             for x, _ in batches:
                 net(x.to(device, non_blocking=True))
                 for p in probes:
-                    part = CoMoments.from_batch(store.pop(p))
-                    out.add(p.module, part)
+                    out.add(p.module, CoMoments.from_centred(store.pop(p)))
     finally:
-        for name, (momentum, nbt) in saved.items():
-            bn = modules[name]
-            bn.momentum = momentum
-            bn.num_batches_tracked.copy_(nbt)
-            bn.eval()
+        for h in handles:
+            h.remove()
     return out.cpu()
 
 
@@ -259,6 +285,7 @@ def repair(
         workers,
         corrections=corrections,
         batchnorms=[rp.norm for rp in bn_points],
+        bn_mode=_BN_MODE[variant],
         observe=[rp.module for rp in bn_points],
     )
     for rp in bn_points:

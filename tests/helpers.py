@@ -7,6 +7,8 @@ workers (which cannot import the tests folder) receive it by value.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import time
 
 import torch
@@ -73,3 +75,23 @@ def local_cluster(worker_nodes: int, **node_args):
         shutdown_pools()
         ray.shutdown()
         c.shutdown()
+
+
+@dataclasses.dataclass
+class WhoRan:
+    """Mergeable record of which process ran which batches (first example of each)."""
+
+    runs: list[tuple[int, int]]
+
+    def merge(self, other: WhoRan) -> WhoRan:
+        return WhoRan(self.runs + other.runs)
+
+
+def who_ran(net, *, batches, slow_pid: int, seconds: float) -> WhoRan:
+    """A pass that notes its process per batch; the process ``slow_pid`` is slow."""
+    runs = []
+    for x, _ in batches:
+        if os.getpid() == slow_pid:
+            time.sleep(seconds)
+        runs.append((os.getpid(), int(x[0, 0])))
+    return WhoRan(runs)

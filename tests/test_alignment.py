@@ -159,3 +159,29 @@ def test_mismatched_architectures_are_named():
     b = build_model("mlp", depth=3, width=32, in_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="architectures differ.*blocks.0.linear.weight"):
         weight_matching(a, b)
+
+
+def test_ties_among_dead_units_are_broken_by_index_not_by_float_noise():
+    """Dead rows/columns tie; the assignment must not move when other entries change in their
+    last bits (as they do with the reduction order), and must keep the optimal total."""
+    from scipy.optimize import linear_sum_assignment
+
+    from repair_dist.perm.activation import assign
+
+    gen = torch.Generator().manual_seed(0)
+    n = 12
+    corr = torch.rand(n, n, generator=gen, dtype=torch.float64) * 2 - 1
+    corr[[1, 4, 7, 9]] = 0.0  # dead units of A
+    corr[:, [0, 4, 5, 10, 11]] = 0.0  # dead units of B (more than A's)
+    base = assign(corr)
+    best = linear_sum_assignment(corr.numpy(), maximize=True)[1]
+    idx = torch.arange(n)
+    assert float(corr[idx, base].sum()) == pytest.approx(float(corr[idx, best].sum()), abs=1e-12)
+    assert sorted(base.tolist()) == list(range(n))
+    for seed in range(20):
+        noise = torch.rand(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        noisy = torch.where(corr != 0, corr * (1 + 1e-13 * noise), corr)
+        assert torch.equal(assign(noisy), base), seed
+    # dead rows take the leftover columns in ascending order
+    dead_rows = [1, 4, 7, 9]
+    assert base[dead_rows].tolist() == sorted(base[dead_rows].tolist())

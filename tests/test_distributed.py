@@ -214,3 +214,73 @@ def test_a_notebook_can_change_workers_freely(pools, gaussian_images):
     assert time.monotonic() - start < 30
     assert not small.alive
     assert all(torch.equal(first[g], second[g]) for g in first)
+
+
+@pytest.fixture(scope="module")
+def trained_with_dead_units():
+    """Two deep narrow MLPs trained briefly on digits with a large step: some units die."""
+    train, _ = rd.load_dataset("digits")
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = rd.build_model("mlp", depth=8, width=32, norm="none", in_shape=(1, 8, 8))
+        nets.append(rd.train_model(net, train, epochs=4, seed=seed, lr=0.1, device="cpu"))
+    return nets[0], nets[1], BatchPlan(train, 100)
+
+
+def test_permutations_of_trained_nets_with_dead_units_do_not_depend_on_the_worker_count(
+    pools, trained_with_dead_units
+):
+    net_a, net_b, plan = trained_with_dead_units
+    for net in (net_a, net_b):  # the case this guards: trained nets with dead units
+        dead = {k: v for k, v in rd.collapsed_filters(net, plan).items() if k.startswith("dead:")}
+        assert sum(dead.values()) >= 8, dead
+    perms, merged = {}, {}
+    for workers in (1, 2, 3):
+        perms[workers] = rd.activation_matching(net_a, net_b, plan, workers=pools[workers])
+        net_c = rd.apply_permutation(net_b, perms[workers])
+        merged[workers] = rd.interpolate([net_a, net_c], [0.5, 0.5]).state_dict()
+    for workers in (2, 3):
+        for g, p in perms[1].items():
+            assert torch.equal(perms[workers][g], p), (workers, g)
+        for k, v in merged[1].items():
+            assert torch.equal(merged[workers][k], v), (workers, k)
+
+
+def test_collapsed_filters_is_a_sharded_pass(pools, trained_with_dead_units):
+    net, _, plan = trained_with_dead_units
+    x = torch.cat([x for x, _ in plan.batches()])
+    counts = rd.collapsed_filters(net, plan)
+    with torch.no_grad():
+        h = x.flatten(1)
+        for i, block in enumerate(net.blocks):  # the MLP's matching probes: block outputs
+            h = block(h)
+            assert counts[f"dead:blocks.{i}.act"] == int((h <= 0).all(0).sum())
+    for workers in (2, 3):
+        assert rd.collapsed_filters(net, plan, workers=pools[workers]) == counts
+
+
+def test_pools_of_any_size_give_bit_identical_statistics(pools, pair):
+    """The shard layout depends on the plan only, and shards merge in shard order."""
+    net_a, net_b, plan = pair
+    two = rd.alignment_statistics(net_a, net_b, plan, workers=pools[2])
+    three = rd.alignment_statistics(net_a, net_b, plan, workers=pools[3])
+    for key, moments in two.items():
+        for name, value in vars(moments).items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(getattr(three[key], name), value), (key, name)
+
+
+def test_a_slow_worker_holds_up_only_the_shard_it_is_on(pools):
+    """Shards are pulled from a queue: the fast worker runs most of them, every batch runs
+    once, and the partials still merge in shard (batch) order."""
+    ray.cloudpickle.register_pickle_by_value(helpers)
+    pool = pools[2]
+    data = torch.utils.data.TensorDataset(torch.arange(32.0)[:, None], torch.zeros(32))
+    plan = BatchPlan(data, 2)  # 16 batches
+    slow_pid = pool.where()[0]["pid"]
+    got = pool.run(helpers.who_ran, [torch.nn.Identity()], plan, slow_pid=slow_pid, seconds=0.4)
+    firsts = [first for _, first in got.runs]
+    assert firsts == list(range(0, 32, 2))  # every batch once, merged in shard order
+    slow = sum(pid == slow_pid for pid, _ in got.runs)
+    assert slow <= 4, f"the slow worker ran {slow} of 16 shards"

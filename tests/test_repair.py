@@ -164,6 +164,8 @@ def test_bn_repair_is_a_bn_statistics_reset(gaussian_images):
 
 
 def test_bn_rescale_and_reshift_touch_only_their_statistic(gaussian_images):
+    """Each variant re-estimates only its statistic; at the first BN (no BN upstream) that
+    statistic is the reset's (deeper ones differ: upstream BNs keep the other statistic)."""
     a, b = _pair("resnet20", "bn", width=1, in_shape=(1, 8, 8))
     mid = interpolate([a, b], [0.5, 0.5])
     reset = repair(mid, [a, b], [0.5, 0.5], gaussian_images, "reset").state_dict()
@@ -173,7 +175,7 @@ def test_bn_rescale_and_reshift_touch_only_their_statistic(gaussian_images):
     ):
         state = repair(mid, [a, b], [0.5, 0.5], gaussian_images, variant).state_dict()
         for k in state:
-            if k.endswith(changed):
+            if k == f"stem.norm.{changed}":
                 torch.testing.assert_close(state[k], reset[k])
             if k.endswith(kept):
                 torch.testing.assert_close(state[k], mid.state_dict()[k])
@@ -232,3 +234,118 @@ def test_closed_form_refuses_statistics_collected_without_cross_terms(gaussian_i
     rd.repair(mid, [a, c], [0.5, 0.5], gaussian_images, variant="full", goal_stats=goals)  # fine
     with pytest.raises(ValueError, match="cross moments"):
         rd.repair(mid, [a, c], [0.5, 0.5], gaussian_images, variant="closed_form", goal_stats=goals)
+
+
+def _forward_order(net: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    """Module names in the order a forward runs them."""
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, m in net.named_modules()
+        if name
+    ]
+    with torch.no_grad():
+        net.eval()(x)
+    for h in handles:
+        h.remove()
+    return order
+
+
+def _layer_by_layer_bn_repair(mid, spec, x, changes):
+    """The slow reference: correct one BN at a time, in forward order, each measured on the net
+    returned so far (every upstream correction active, eval mode), touching only ``changes``."""
+    net = copy.deepcopy(mid).eval()
+    order = _forward_order(net, x)
+    points = sorted(
+        (rp for rp in spec.repair_points if rp.norm), key=lambda rp: order.index(rp.norm)
+    )
+    for rp in points:
+        stats = _channel_stats(net, TensorDataset(x), [rp.module])[rp.module]
+        bn = dict(net.named_modules())[rp.norm]
+        with torch.no_grad():
+            if "running_mean" in changes:
+                bn.running_mean.copy_(stats.mean[0])
+            if "running_var" in changes:
+                bn.running_var.copy_(stats.unbiased_var(0))
+    return net
+
+
+@pytest.mark.parametrize(
+    "variant,changes",
+    [
+        ("rescale", ("running_var",)),
+        ("reshift", ("running_mean",)),
+        ("full", ("running_mean", "running_var")),
+    ],
+)
+def test_bn_variants_measure_the_net_they_return(variant, changes, gaussian_images):
+    """Each BN's statistic is measured with every upstream BN corrected *by the same variant*
+    (not fully renormalised): one calibration pass equals the slow layer-by-layer loop."""
+    a, b = _pair("vgg", "bn", depth=11, width=0.125, in_shape=(1, 8, 8))
+    with torch.no_grad():  # spread the endpoints' BN statistics so that every variant matters
+        for net, seed in ((a, 1), (b, 2)):
+            gen = torch.Generator().manual_seed(seed)
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.5, generator=gen)
+                    m.running_var.uniform_(0.3, 3.0, generator=gen)
+    spec = permutation_spec(a)
+    mid = interpolate([a, b], [0.5, 0.5])
+    x = gaussian_images.tensors[0]
+    plan = BatchPlan(gaussian_images, batch_size=len(gaussian_images))
+    fixed = repair(mid, [a, b], [0.5, 0.5], plan, variant, spec=spec).state_dict()
+    ref = _layer_by_layer_bn_repair(mid, spec, x, changes).state_dict()
+    untouched = mid.state_dict()
+    for k, v in ref.items():
+        if k.endswith(changes):
+            # one pass normalises with the biased batch variance, the returned net with the
+            # unbiased one: they differ by n/(n-1) (n >= 384 samples per channel here)
+            torch.testing.assert_close(fixed[k], v, rtol=1e-2, atol=1e-4, msg=k)
+            assert not torch.allclose(v, untouched[k], rtol=1e-2), f"{k} should have changed"
+        elif not k.endswith("num_batches_tracked"):
+            torch.testing.assert_close(fixed[k], untouched[k], rtol=0, atol=0, msg=k)
+
+
+def test_endpoints_of_a_curve_are_evaluated_once_and_never_repaired(gaussian_images, monkeypatch):
+    """At alpha 0 and 1 the merged net is an endpoint: every variant reports its evaluation,
+    and no recalibration pass runs there."""
+    import repair_dist.pipeline as pipeline
+
+    a, b = _pair(depth=3, width=16)
+    repaired_at: list[float] = []
+    real_repair = pipeline.repair
+
+    def spy(mid, endpoints, weights, *args, **kw):
+        repaired_at.append(float(weights[1]))
+        return real_repair(mid, endpoints, weights, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "repair", spy)
+    variants = ["aligned", "full", "rescale"]
+    curve = rd.interpolation_curve(
+        a, b, gaussian_images, gaussian_images, alphas=[0.0, 0.5, 1.0], variants=variants
+    )
+    assert sorted(repaired_at) == [0.5, 0.5]
+    for alpha in (0.0, 1.0):
+        at = curve[curve["alpha"] == alpha].set_index(["variant", "split"])[["loss", "acc"]]
+        for variant in variants[1:]:
+            assert (at.loc[variant].to_numpy() == at.loc["aligned"].to_numpy()).all()
+    mid = curve[curve["alpha"] == 0.5].set_index(["variant", "split"])["loss"]
+    assert mid.loc[("full", "train")] != mid.loc[("aligned", "train")]
+
+
+def test_statistics_for_weight_matching_skip_every_correlation(gaussian_images):
+    """Weight matching reads no correlation: its pass keeps REPAIR probes' per-channel
+    moments only, identical to those of the full pass."""
+    a, b = _pair(depth=3, width=16)
+    spec = permutation_spec(a)
+    full = rd.alignment_statistics(a, b, gaussian_images, spec=spec)
+    lean = rd.alignment_statistics(
+        a, b, gaussian_images, spec=spec, matching=False, repair_cross=False
+    )
+    assert set(lean) == {Probe(rp.module) for rp in spec.repair_points}
+    for p, m in lean.items():
+        assert not m.has_cross
+        for name in ("mean_a", "mean_b", "m2_a", "m2_b"):
+            assert torch.equal(getattr(m, name), getattr(full[p], name)), (p, name)
+    with pytest.raises(ValueError, match="matching=True or repair=True"):
+        rd.alignment_statistics(a, b, gaussian_images, matching=False, repair=False)

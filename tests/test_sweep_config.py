@@ -328,7 +328,12 @@ def test_an_odd_seed_would_be_left_unpaired() -> None:
 
 
 def test_unknown_method() -> None:
-    _one_problem(replace(GOOD, methods=("activation", "ste")), "methods", "'ste'", "weight")
+    _one_problem(replace(GOOD, methods=("activation", "sinkhorn")), "methods", "'sinkhorn'", "ste")
+
+
+def test_ste_is_a_method_a_sweep_asks_for_explicitly() -> None:
+    assert "ste" not in GOOD.methods  # the default runs the two cheap pair matchers
+    validate_sweep(replace(GOOD, methods=("activation", "ste")))
 
 
 def test_unknown_variant_and_variants_that_are_always_there() -> None:

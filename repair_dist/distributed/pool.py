@@ -1,16 +1,20 @@
 """A pool of Ray actors that runs every pass over data as a sharded pass (DESIGN.md §1).
 
 A pass is ``fn(*nets, batches=..., **kw) -> partial`` where partials have ``merge()``. The
-pool splits the plan's batches round-robin into one shard per worker, ships each weight set
-to the object store once per pass (one ``ray.put`` for all workers), and reduces partials on
-the driver as they arrive (``ray.wait``), merging them in shard order so a given worker count
-always gives bit-identical results.
+pool splits the plan's batches round-robin into more shards than workers (``shards``, by
+default 16 or 4 per worker if more) and keeps a queue: every worker gets one shard, and a
+worker that returns one pulls the next, so a slow (or shared) worker holds up at most the one
+shard it is on instead of 1/N of the pass. Each weight set goes to the object store once per
+pass (one ``ray.put`` for all workers), and the driver reduces partials as they arrive
+(``ray.wait``), merging them in shard order. The shard layout depends on the plan and the
+shard count only, never on which worker ran what, so every pool with the same shard count
+(by default: every pool of up to 4 workers) gives bit-identical results.
 
 Workers keep what is expensive to move: a plan (its dataset) is sent to a worker once and
 cached there by id; later passes over the same plan send only batch ids. Fault tolerance: a
 shard's partial is stored under its shard id, so it is counted once; a worker that dies (or
-whose node dies) is replaced and its shard recomputed on the replacement (possibly on another
-node), giving the same result.
+whose node dies) is replaced and its shard goes back to the front of the queue (recomputed on
+whichever worker is free next, possibly on another node), giving the same result.
 
 Placement: inside a Ray Tune trial that asked for a placement group
 (``tune.with_resources(..., PlacementGroupFactory([driver, worker, worker, ...]))``), worker
@@ -27,6 +31,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +66,10 @@ WORKER_LOST = (
     OwnerDiedError,
 )
 _PLAN_CACHE_SIZE = 8
+
+#: Default shards per pass: enough that a slow worker of a small pool stalls little, and the
+#: same for every pool of up to ``DEFAULT_SHARDS // 4`` workers (bit-identical results).
+DEFAULT_SHARDS = 16
 
 
 class ResourceError(RuntimeError):
@@ -105,8 +114,8 @@ class ShardWorker:
         nets = [net.to(self._device) for net in nets]
         if not self._amp:
             return fn(*nets, batches=plan.batches(batch_ids), **kwargs)
-        # Mixed precision: bf16 forwards (channels-last convs on GPU); the statistics still
-        # accumulate in float64 (CrossMoments/CoMoments convert each batch before summing).
+        # Mixed precision: bf16 forwards (channels-last convs on GPU); each batch's moments
+        # are still float32 over batch-centred data, merged across batches in float64.
         if self._device.type == "cuda":
             nets = [net.to(memory_format=torch.channels_last) for net in nets]
         with torch.autocast(self._device.type, dtype=torch.bfloat16):
@@ -159,7 +168,12 @@ class ShardPool:
         start_timeout_s: float | None = 120.0,
         max_retries: int = 3,
         amp: bool = False,
+        shards: int | None = None,
     ) -> None:
+        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)):
+            raise TypeError(f"shards must be an int (got {shards!r})")
+        if shards is not None and shards < 1:
+            raise ValueError(f"shards must be >= 1 (got {shards})")
         ensure_ray()
         # Cached pools of this process are idle now (one pass runs at a time); left alive,
         # their actors would hold the resources this pool waits for.
@@ -168,6 +182,7 @@ class ShardPool:
         self._pg: PlacementGroup | None = pg  # type: ignore[assignment]
         self.resources, workers = self._size(workers, resources)
         self.size = workers
+        self.shards = shards or max(DEFAULT_SHARDS, 4 * workers)
         self.task_timeout_s = task_timeout_s
         self.max_retries = max_retries
         self.amp = amp
@@ -273,8 +288,15 @@ class ShardPool:
         self._plans[pid] = (plan, ray.put(plan))
         return pid, self._plans[pid][1]
 
-    def _submit(self, index: int, fn: Callable, nets_ref: Any, plan: tuple[int, Any],
-                batch_ids: list[int], kwargs: dict[str, Any]) -> Any:  # fmt: skip
+    def _submit(
+        self,
+        index: int,
+        fn: Callable,
+        nets_ref: Any,
+        plan: tuple[int, Any],
+        batch_ids: list[int],
+        kwargs: dict[str, Any],
+    ) -> Any:
         actor = self._actors[index]
         pid, plan_ref = plan
         if pid not in self._has_plan[index]:
@@ -286,15 +308,24 @@ class ShardPool:
         self, fn: Callable[..., Any], nets: Sequence[nn.Module], data: BatchPlan, **kwargs: Any
     ) -> Any:
         """Run ``fn`` over every batch of ``data``, sharded; return the merged partial."""
-        shards = [ids for ids in (data.shard(i, self.size) for i in range(self.size)) if ids]
-        if not shards:
+        count = min(len(data), self.shards)
+        if count == 0:
             return fn(*nets, batches=iter(()), **kwargs)
+        shards = [data.shard(i, count) for i in range(count)]
         nets_ref = ray.put([_cpu_copy(n) for n in nets])  # one put per weight set, per pass
         plan = self._plan_ref(data)
-        pending = {
-            self._submit(i, fn, nets_ref, plan, ids, kwargs): i for i, ids in enumerate(shards)
-        }
-        attempts = [0] * len(shards)
+        queue = deque(range(count))
+        pending: dict[Any, tuple[int, int]] = {}  # ref -> (worker, shard)
+
+        def feed(worker: int) -> None:
+            if queue:
+                shard = queue.popleft()
+                ref = self._submit(worker, fn, nets_ref, plan, shards[shard], kwargs)
+                pending[ref] = (worker, shard)
+
+        for worker in range(self.size):
+            feed(worker)
+        attempts = [0] * count
         partials: dict[int, Any] = {}
         merged, next_shard = None, 0
         deadline = None if self.task_timeout_s is None else time.monotonic() + self.task_timeout_s
@@ -304,24 +335,30 @@ class ShardPool:
             if not ready:
                 raise GetTimeoutError(
                     f"sharded pass {getattr(fn, '__name__', fn)} did not finish within "
-                    f"{self.task_timeout_s:g} s ({len(pending)} of {len(shards)} shards left)"
+                    f"{self.task_timeout_s:g} s ({len(pending) + len(queue)} of {count} "
+                    "shards left)"
                 )
-            ref = ready[0]
-            shard = pending.pop(ref)
+            worker, shard = pending.pop(ready[0])
             try:
-                part = ray.get(ref)
+                part = ray.get(ready[0])
             except WORKER_LOST as err:
                 attempts[shard] += 1
                 if attempts[shard] > self.max_retries:
                     raise ShardFailedError(
                         f"shard {shard} failed {attempts[shard]} times; last error: {err}"
                     ) from err
-                log.warning("worker %d lost (%s); recomputing its shard", shard, type(err).__name__)
-                self._replace(shard)
-                retry = self._submit(shard, fn, nets_ref, plan, shards[shard], kwargs)
-                pending[retry] = shard
+                log.warning(
+                    "worker %d lost (%s); shard %d goes back to the queue",
+                    worker,
+                    type(err).__name__,
+                    shard,
+                )
+                self._replace(worker)
+                queue.appendleft(shard)
+                feed(worker)
                 continue
             partials.setdefault(shard, part)  # keyed by shard: never counted twice
+            feed(worker)  # this worker is free: it pulls the next shard
             while next_shard in partials:  # reduce in shard order as partials arrive
                 part = partials.pop(next_shard)
                 merged = part if merged is None else merged.merge(part)

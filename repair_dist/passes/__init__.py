@@ -12,17 +12,21 @@ science module can import it at the top level.
 
 from .executor import Executor, LocalExecutor, Workers, resolve_executor, run_pass
 from .functions import (
+    ActiveUnits,
     EvalTotals,
+    active_units_pass,
     alignment_stats_pass,
     channel_stats_pass,
     device_of,
     evaluation_pass,
 )
 from .probes import Probe
-from .stats import CoMoments, CrossMoments, StatsDict, flatten_channels
-from .taps import tap, transform_outputs
+from .stats import Centred, CoMoments, CrossMoments, StatsDict, centre, flatten_channels
+from .taps import centred, snapshot, tap, transform_outputs
 
 __all__ = [
+    "ActiveUnits",
+    "Centred",
     "CoMoments",
     "CrossMoments",
     "EvalTotals",
@@ -31,13 +35,17 @@ __all__ = [
     "Probe",
     "StatsDict",
     "Workers",
+    "active_units_pass",
     "alignment_stats_pass",
+    "centre",
+    "centred",
     "channel_stats_pass",
     "device_of",
     "evaluation_pass",
     "flatten_channels",
     "resolve_executor",
     "run_pass",
+    "snapshot",
     "tap",
     "transform_outputs",
 ]

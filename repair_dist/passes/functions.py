@@ -18,14 +18,30 @@ from torch import nn
 
 from ..data.batches import Batch
 from .probes import Probe
-from .stats import CoMoments, CrossMoments, StatsDict
-from .taps import tap
+from .stats import Centred, CoMoments, CrossMoments, StatsDict, centre
+from .taps import Observe, tap
 
 
 def device_of(net: nn.Module) -> torch.device:
     for p in net.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def _centring(moments_only: set[Probe] | frozenset[Probe] = frozenset()) -> Observe:
+    """An observation that centres each probe into the buffer it used on the last batch.
+
+    Safe because every batch's centred data is reduced to moments before the next forward;
+    channel extremes (to tell constant units exactly) only where a correlation is computed.
+    """
+    buffers: dict[Probe, torch.Tensor] = {}
+
+    def observe(p: Probe, act: torch.Tensor) -> Centred:
+        c = centre(act, relu=p.relu, extremes=p not in moments_only, out=buffers.get(p))
+        buffers[p] = c.x
+        return c
+
+    return observe
 
 
 @torch.no_grad()
@@ -50,16 +66,19 @@ def alignment_stats_pass(
     device = device_of(net_a)
     probes = list(dict.fromkeys(probes))
     skip = set(moments_only)
-    acts_a: dict[Probe, torch.Tensor] = {}
-    acts_b: dict[Probe, torch.Tensor] = {}
+    acts_a: dict[Probe, Centred] = {}
+    acts_b: dict[Probe, Centred] = {}
     out = StatsDict()
-    with tap(net_a, probes, acts_a), tap(net_b, probes, acts_b):
+    with (
+        tap(net_a, probes, acts_a, _centring(skip)),
+        tap(net_b, probes, acts_b, _centring(skip)),
+    ):
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             net_a(x)
             net_b(x)
             for p in probes:
-                part = CrossMoments.from_batch(acts_a.pop(p), acts_b.pop(p), p not in skip)
+                part = CrossMoments.from_centred(acts_a.pop(p), acts_b.pop(p), p not in skip)
                 out.add(p, part)
     return out.cpu()
 
@@ -73,17 +92,17 @@ def channel_stats_pass(
         n.eval()
     device = device_of(nets[0])
     probes = [Probe(m) for m in dict.fromkeys(modules)]
-    stores: list[dict[Probe, torch.Tensor]] = [{} for _ in nets]
+    stores: list[dict[Probe, Centred]] = [{} for _ in nets]
     out = StatsDict()
     with ExitStack() as stack:
         for n, s in zip(nets, stores, strict=True):
-            stack.enter_context(tap(n, probes, s))
+            stack.enter_context(tap(n, probes, s, _centring(set(probes))))
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             for n in nets:
                 n(x)
             for p in probes:
-                out.add(p.module, CoMoments.from_batch(*(s.pop(p) for s in stores)))
+                out.add(p.module, CoMoments.from_centred(*(s.pop(p) for s in stores)))
     return out.cpu()
 
 
@@ -121,9 +140,9 @@ def evaluation_pass(
     net.eval()
     device = device_of(net)
     probes = [Probe(m) for m in dict.fromkeys(points)]
-    store: dict[Probe, torch.Tensor] = {}
+    store: dict[Probe, Centred] = {}
     totals = EvalTotals()
-    with tap(net, probes, store):
+    with tap(net, probes, store, _centring(set(probes))):
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = net(x).float()
@@ -131,7 +150,45 @@ def evaluation_pass(
             totals.correct += int((logits.argmax(1) == y).sum())
             totals.n += int(y.numel())
             for p in probes:
-                part = CoMoments.from_batch(store.pop(p))
-                totals.points.add(p.module, part)
+                totals.points.add(p.module, CoMoments.from_centred(store.pop(p)))
     totals.points = totals.points.cpu()
     return totals
+
+
+@dataclass
+class ActiveUnits:
+    """Per probe, which channels were ever > 0 on the data seen (merge: logical or)."""
+
+    active: dict[Probe, torch.Tensor] = field(default_factory=dict)
+
+    def merge(self, other: ActiveUnits) -> ActiveUnits:
+        out = dict(self.active)
+        for p, hit in other.active.items():
+            out[p] = out[p] | hit if p in out else hit
+        return ActiveUnits(out)
+
+    def dead(self) -> dict[Probe, int]:
+        return {p: int((~hit).sum()) for p, hit in self.active.items()}
+
+
+def _any_positive(_probe: Probe, act: torch.Tensor) -> torch.Tensor:
+    # relu(x) > 0 exactly where x > 0, so a probe's relu flag changes nothing here
+    dims = [d for d in range(act.dim()) if d != 1]
+    return (act > 0).any(dim=dims) if dims else act > 0
+
+
+@torch.no_grad()
+def active_units_pass(
+    net: nn.Module, *, batches: Iterable[Batch], probes: Sequence[Probe]
+) -> ActiveUnits:
+    """Which units activate at all on the data (dead units never do): a mergeable pass."""
+    net.eval()
+    device = device_of(net)
+    probes = list(dict.fromkeys(probes))
+    store: dict[Probe, torch.Tensor] = {}
+    out = ActiveUnits()
+    with tap(net, probes, store, _any_positive):
+        for x, _ in batches:
+            net(x.to(device, non_blocking=True))
+            out = out.merge(ActiveUnits({p: store.pop(p).cpu() for p in probes}))
+    return out

@@ -1,4 +1,4 @@
-"""Streaming, mergeable float64 statistics of activations.
+"""Streaming, mergeable statistics of activations: float32 per batch, float64 across batches.
 
 Two estimators, one definition of mean/std (population moments, divide by ``n``):
 
@@ -8,9 +8,19 @@ Two estimators, one definition of mean/std (population moments, divide by ``n``)
 * :class:`CrossMoments` - every channel of net A against every channel of net B: the full
   cross co-moment matrix that activation matching turns into correlations.
 
-Both merge with Chan et al.'s parallel update, so statistics of shards combine to the
-statistics of the whole up to float64 rounding, in any order, and memory never depends on the
-dataset size. Conv maps are flattened over positions: every pixel is a sample.
+Per batch, each probe's activations are centred by their batch mean (:func:`centre`, computed
+inside the forward hook, so the centred copy is the only copy, in the activation's own layout)
+and the moments are float32 GEMMs/reductions of centred data: centring removes the cancellation that makes float32
+moments inaccurate, so correlations stay within ~2e-6 of a float64 computation at a fraction
+of its cost. Batches then merge in float64 with Chan et al.'s parallel update, so statistics of
+shards made of whole batches combine to the statistics of the whole up to float64 rounding, in
+any order, and memory never depends on the dataset size. (Re-splitting *one* batch into
+smaller chunks changes its float32 part at about 1e-7 relative.) Conv maps are flattened over
+positions: every pixel is a sample.
+
+:class:`CrossMoments` also keeps each channel's exact minimum and maximum, so a constant (dead
+or collapsed) unit is recognised exactly (max == min) and correlates exactly 0, instead of
+correlating through float noise that changes with the reduction order.
 """
 
 from __future__ import annotations
@@ -30,10 +40,105 @@ def flatten_channels(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1).reshape(-1, x.shape[1])
 
 
-def _centered(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.to(torch.float64)
-    mean = x.mean(0)
-    return mean, x - mean
+@dataclass
+class Centred:
+    """One batch of one probe, centred by its batch ``mean``: float32 ``x`` of shape
+    (N, C, L) (L = positions per channel; 1 for a linear layer), in the activation's own
+    layout, so no relayout copy is needed; ``m2`` its per-channel sum of squares (float64).
+
+    ``lo``/``hi``: per-channel extremes of the raw data, exact for every channel that could
+    be constant and -inf/+inf for the rest (only when asked for; see :func:`centre`).
+    """
+
+    mean: torch.Tensor
+    x: torch.Tensor
+    m2: torch.Tensor
+    lo: torch.Tensor | None = None
+    hi: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0] * self.x.shape[2]
+
+
+#: A constant channel's centred values all equal c - fl(mean), at most a few dozen float32
+#: roundings of |c| for any batch size; m2 above n * (this * |mean|)^2 proves variation.
+_CONSTANT_SLACK = 64 * torch.finfo(torch.float32).eps
+
+
+def centre(
+    x: torch.Tensor,
+    relu: bool = False,
+    extremes: bool = False,
+    out: torch.Tensor | None = None,
+) -> Centred:
+    """Batch-centred float32 copy of ``x`` as (N, C, L), ReLU applied first if asked.
+
+    Writes one new tensor (the centred data), so it is safe against later in-place ops on
+    ``x`` without a defensive clone; (N, C, *spatial) is viewed as (N, C, L), never copied
+    into another layout. ``out``: a buffer from the previous batch to write into (used when
+    its shape fits), which keeps a pass from allocating fresh memory per probe per batch.
+
+    ``extremes``: exact per-channel min/max of the raw data wherever the channel could be
+    constant (its spread is within float32 rounding of its mean); channels whose spread
+    proves they vary get -inf/+inf, which merges to "not constant" as it should. So only
+    suspect channels (dead or collapsed ones, usually few) cost an extra read.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"cannot take channel statistics of a tensor of shape {tuple(x.shape)}")
+    raw = x.detach().reshape(x.shape[0], x.shape[1], -1)
+    fits = out is not None and out.shape == raw.shape and out.device == raw.device
+    buf = out if fits else torch.empty(raw.shape, dtype=torch.float32, device=raw.device)
+    v = torch.clamp_min(raw, 0, out=buf) if relu else raw
+    mean = v.mean((0, 2), dtype=torch.float32)
+    if relu:
+        buf.sub_(mean[:, None])
+    else:
+        torch.sub(v, mean[:, None], out=buf)
+    flat = buf[:, :, 0] if buf.shape[2] == 1 else None
+    if flat is not None:
+        m2 = torch.linalg.vecdot(flat, flat, dim=0).double()
+    else:
+        m2 = torch.linalg.vecdot(buf, buf, dim=-1).sum(0).double()
+    lo = hi = None
+    if extremes:
+        n = buf.shape[0] * buf.shape[2]
+        suspect = m2 <= n * (_CONSTANT_SLACK * mean.double().abs()) ** 2
+        lo = torch.full_like(mean, -math.inf)
+        hi = torch.full_like(mean, math.inf)
+        if suspect.any():
+            idx = suspect.nonzero().flatten()
+            part = raw[:, idx, :]
+            part = part.clamp_min(0) if relu else part
+            lo[idx], hi[idx] = part.amin((0, 2)).float(), part.amax((0, 2)).float()
+    return Centred(mean, buf, m2, lo, hi)
+
+
+def _co(a: Centred, b: Centred) -> torch.Tensor:
+    """Per-channel sum of products of two centred batches (float64), without a temporary."""
+    if a is b:
+        return a.m2
+    if a.x.shape[2] == 1:
+        return torch.linalg.vecdot(a.x[:, :, 0], b.x[:, :, 0], dim=0).double()
+    return torch.linalg.vecdot(a.x, b.x, dim=-1).sum(0).double()
+
+
+def _m2(c: Centred) -> torch.Tensor:
+    return c.m2
+
+
+def _cross(a: Centred, b: Centred) -> torch.Tensor:
+    """C_a x C_b sum of products over every sample (float32 GEMM, float64 result).
+
+    Kept in float32 even inside a bf16 autocast region (amp workers): the statistics'
+    precision must not follow the forward's.
+    """
+    with torch.autocast(a.x.device.type, enabled=False):
+        if a.x.shape[2] == 1:
+            out = a.x[:, :, 0].T @ b.x[:, :, 0]
+        else:  # one GEMM per image over its positions, then summed: no relayout copy
+            out = torch.bmm(a.x, b.x.transpose(1, 2)).sum(0)
+    return out.double()
 
 
 @dataclass
@@ -46,12 +151,17 @@ class CoMoments:
 
     @classmethod
     def from_batch(cls, *xs: torch.Tensor) -> CoMoments:
-        flats = [flatten_channels(x) for x in xs]
-        centered = [_centered(f) for f in flats]
-        mean = torch.stack([m for m, _ in centered])
-        xc = torch.stack([c for _, c in centered])  # K, S, C
-        cm = torch.einsum("isc,jsc->ijc", xc, xc)
-        return cls(flats[0].shape[0], mean, cm)
+        return cls.from_centred(*(centre(x) for x in xs))
+
+    @classmethod
+    def from_centred(cls, *cs: Centred) -> CoMoments:
+        k, ch = len(cs), cs[0].x.shape[1]
+        cm = torch.empty(k, k, ch, dtype=torch.float64, device=cs[0].x.device)
+        for i in range(k):
+            for j in range(i, k):
+                cm[i, j] = cm[j, i] = _co(cs[i], cs[j])
+        mean = torch.stack([c.mean for c in cs]).double()
+        return cls(cs[0].n, mean, cm)
 
     def merge(self, other: CoMoments) -> CoMoments:
         if other.n == 0:
@@ -82,9 +192,16 @@ class CoMoments:
         return _safe_div(self.cm[i, j], denom)
 
 
+_EMPTY = torch.zeros(0, dtype=torch.float64)
+
+
 @dataclass
 class CrossMoments:
-    """All-pairs statistics of A's channels against B's: the input of activation matching."""
+    """All-pairs statistics of A's channels against B's: the input of activation matching.
+
+    ``lo_*``/``hi_*``: per-channel extremes (empty without cross terms), to tell constant
+    units exactly.
+    """
 
     n: int
     mean_a: torch.Tensor
@@ -92,25 +209,30 @@ class CrossMoments:
     m2_a: torch.Tensor
     m2_b: torch.Tensor
     c_ab: torch.Tensor
+    lo_a: torch.Tensor = _EMPTY
+    hi_a: torch.Tensor = _EMPTY
+    lo_b: torch.Tensor = _EMPTY
+    hi_b: torch.Tensor = _EMPTY
 
     @classmethod
     def from_batch(cls, a: torch.Tensor, b: torch.Tensor, cross: bool = True) -> CrossMoments:
+        return cls.from_centred(centre(a, extremes=cross), centre(b, extremes=cross), cross)
+
+    @classmethod
+    def from_centred(cls, a: Centred, b: Centred, cross: bool = True) -> CrossMoments:
         """Moments of one batch. ``cross=False`` skips the C_a x C_b co-moment GEMM (the bulk
         of the cost) when only per-channel moments are needed, e.g. REPAIR's goal statistics;
         ``c_ab`` is then empty and :meth:`corr` refuses."""
-        fa, fb = flatten_channels(a), flatten_channels(b)
-        if fa.shape[0] != fb.shape[0]:
-            raise ValueError(f"probe shapes disagree: {tuple(a.shape)} vs {tuple(b.shape)}")
-        mean_a, ca = _centered(fa)
-        mean_b, cb = _centered(fb)
-        return cls(
-            fa.shape[0],
-            mean_a,
-            mean_b,
-            (ca * ca).sum(0),
-            (cb * cb).sum(0),
-            ca.T @ cb if cross else torch.zeros(0, dtype=ca.dtype, device=ca.device),
-        )
+        if a.n != b.n:
+            raise ValueError(f"probe sample counts disagree: {a.n} vs {b.n}")
+        base = (a.n, a.mean.double(), b.mean.double(), _m2(a), _m2(b))
+        if not cross:
+            empty = _EMPTY.to(a.x.device)
+            return cls(*base, empty, empty, empty, empty, empty)
+        if a.lo is None or b.lo is None:
+            raise ValueError("cross moments need the channel extremes: centre(x, extremes=True)")
+        extremes = (a.lo.double(), a.hi.double(), b.lo.double(), b.hi.double())
+        return cls(*base, _cross(a, b), *extremes)
 
     @property
     def has_cross(self) -> bool:
@@ -125,28 +247,44 @@ class CrossMoments:
         w = self.n * other.n / n
         da = other.mean_a - self.mean_a
         db = other.mean_b - self.mean_b
+        cross = self.has_cross and other.has_cross
+        empty = self.c_ab[:0]
         return CrossMoments(
             n,
             self.mean_a + da * (other.n / n),
             self.mean_b + db * (other.n / n),
             self.m2_a + other.m2_a + da * da * w,
             self.m2_b + other.m2_b + db * db * w,
-            self.c_ab + other.c_ab + torch.outer(da, db) * w
-            if self.has_cross and other.has_cross
-            else self.c_ab[:0],
+            torch.addr(self.c_ab + other.c_ab, da, db, alpha=w) if cross else empty,
+            torch.minimum(self.lo_a, other.lo_a) if cross else empty,
+            torch.maximum(self.hi_a, other.hi_a) if cross else empty,
+            torch.minimum(self.lo_b, other.lo_b) if cross else empty,
+            torch.maximum(self.hi_b, other.hi_b) if cross else empty,
         )
 
     def cpu(self) -> CrossMoments:
-        return CrossMoments(
-            self.n, *(t.cpu() for t in (self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab))
-        )
+        return CrossMoments(self.n, *(t.cpu() for t in self._tensors()))
+
+    def __reduce__(self):
+        """Pickle as one flat tensor: shards' partials travel from Ray workers, and pickling
+        9 tensors per probe one by one costs several times more than the bytes."""
+        ts = self._tensors()
+        flat = torch.cat([t.reshape(-1) for t in ts])
+        return (_unpack_cross_moments, (self.n, [tuple(t.shape) for t in ts], flat))
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        moments = (self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab)
+        return (*moments, self.lo_a, self.hi_a, self.lo_b, self.hi_b)
 
     def corr(self) -> torch.Tensor:
-        """Pearson correlation matrix [C_a, C_b]; dead (zero-variance) units correlate 0."""
+        """Pearson correlation matrix [C_a, C_b]; constant (dead) units correlate exactly 0."""
         if not self.has_cross:
             raise ValueError("these moments were collected without cross terms (cross=False)")
         denom = torch.outer(self.m2_a.clamp_min(0).sqrt(), self.m2_b.clamp_min(0).sqrt())
-        return _safe_div(self.c_ab, denom).clamp(-1.0, 1.0)
+        out = _safe_div(self.c_ab, denom).clamp(-1.0, 1.0)
+        out[self.hi_a == self.lo_a, :] = 0.0
+        out[:, self.hi_b == self.lo_b] = 0.0
+        return out
 
     def aligned(self, perm_b: torch.Tensor) -> CoMoments:
         """Per-channel joint statistics of A and of B permuted by ``perm_b`` (REPAIR goals)."""
@@ -159,6 +297,14 @@ class CrossMoments:
         cross = self.c_ab[idx, perm_b] if self.has_cross else torch.full_like(self.m2_a, math.nan)
         cm[0, 1] = cm[1, 0] = cross
         return CoMoments(self.n, mean, cm)
+
+
+def _unpack_cross_moments(
+    n: int, shapes: list[tuple[int, ...]], flat: torch.Tensor
+) -> CrossMoments:
+    sizes = [math.prod(shape) for shape in shapes]
+    parts = [t.view(shape) for t, shape in zip(flat.split(sizes), shapes, strict=True)]
+    return CrossMoments(n, *parts)
 
 
 def _safe_div(num: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:

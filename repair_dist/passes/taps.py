@@ -4,21 +4,44 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
 from .probes import Probe
+from .stats import Centred, centre
 
 
-def _observe(probe: Probe, out: torch.Tensor) -> torch.Tensor:
+def snapshot(probe: Probe, out: torch.Tensor) -> torch.Tensor:
+    """The activation itself, safe from later in-place ops (the default observation)."""
     # relu() makes a new tensor; otherwise detach+clone so a later in-place op cannot change it.
     return torch.relu(out) if probe.relu else out.detach().clone()
 
 
+def centred(probe: Probe, out: torch.Tensor) -> Centred:
+    """The batch-centred float32 copy that every statistic starts from (no extra clone)."""
+    return centre(out, relu=probe.relu)
+
+
+Observe = Callable[[Probe, torch.Tensor], Any]
+
+
 @contextmanager
-def tap(net: nn.Module, probes: Iterable[Probe], store: dict[Probe, torch.Tensor]):
-    """While active, every forward of ``net`` writes each probe's activation into ``store``."""
+def tap(
+    net: nn.Module,
+    probes: Iterable[Probe],
+    store: dict[Probe, Any],
+    observe: Observe = snapshot,
+):
+    """While active, every forward of ``net`` writes ``observe(probe, activation)`` per probe
+    into ``store``.
+
+    ``observe`` runs inside the hook, so whatever it returns is taken before any later
+    in-place op can change the activation; it must not return the activation itself (the
+    default copies it; :func:`centred` writes the centred data, which is the only copy the
+    statistics need).
+    """
     modules = dict(net.named_modules())
     handles = []
     for probe in dict.fromkeys(probes):
@@ -26,7 +49,7 @@ def tap(net: nn.Module, probes: Iterable[Probe], store: dict[Probe, torch.Tensor
             raise KeyError(f"probe module {probe.module!r} is not in {type(net).__name__}")
 
         def hook(_m, _inp, out, probe=probe):
-            store[probe] = _observe(probe, out)
+            store[probe] = observe(probe, out)
 
         handles.append(modules[probe.module].register_forward_hook(hook))
     try:

@@ -51,16 +51,48 @@ def group_correlation(stats: StatsDict, probes: tuple[Probe, ...]) -> torch.Tens
     return sum((stats[p].corr() for p in probes), torch.zeros(()))
 
 
+#: Correlations are rounded to this many decimals before the assignment: far above the float
+#: noise of any reduction order (~1e-15), far below any difference that means something.
+CORR_DECIMALS = 9
+
+
+def assign(corr: torch.Tensor) -> torch.Tensor:
+    """Column for every row maximising the total correlation, independent of float noise.
+
+    Units that correlate with nothing (all-zero rows or columns after rounding: dead or
+    constant units) tie with each other; the Hungarian solver breaks such ties by its search
+    path, which the last bits of *other* entries steer. So every pair with a zero-row or
+    zero-column member is re-paired by index: live rows take the free zero columns in
+    ascending order, the zero rows the remaining columns. The total correlation is unchanged
+    (each re-made pair still has a zero member), and the answer depends only on the rounded
+    matrix, hence not on how many workers reduced the statistics.
+    """
+    c = torch.round(corr.to(torch.float64), decimals=CORR_DECIMALS)
+    _, col = linear_sum_assignment(c.numpy(), maximize=True)
+    col = torch.as_tensor(col, dtype=torch.long)
+    zero_row, zero_col = (c == 0).all(1), (c == 0).all(0)
+    tied = zero_row | zero_col[col]
+    if not tied.any():
+        return col
+    rows = torch.nonzero(tied).flatten()  # ascending
+    cols = col[rows].sort().values
+    free_zero_cols = cols[zero_col[cols]]
+    live_rows = rows[~zero_row[rows]]  # each was paired with a zero column: enough of them
+    out = col.clone()
+    out[live_rows] = free_zero_cols[: len(live_rows)]
+    rest = torch.cat([free_zero_cols[len(live_rows) :], cols[~zero_col[cols]]]).sort().values
+    out[rows[zero_row[rows]]] = rest
+    return out
+
+
 def permutation_from_stats(
     stats: StatsDict, spec: PermutationSpec, residual: str = "output"
 ) -> Permutation:
-    """Hungarian matching (maximum total correlation) for every group."""
-    perm: Permutation = {}
-    for g, probes in matching_probes(spec, residual).items():
-        corr = group_correlation(stats, probes)
-        _, col = linear_sum_assignment(corr.numpy(), maximize=True)
-        perm[g] = torch.as_tensor(col, dtype=torch.long)
-    return perm
+    """Hungarian matching (maximum total correlation) for every group (see :func:`assign`)."""
+    return {
+        g: assign(group_correlation(stats, probes))
+        for g, probes in matching_probes(spec, residual).items()
+    }
 
 
 def alignment_statistics(
@@ -74,22 +106,33 @@ def alignment_statistics(
     workers: Workers = 1,
     repair: bool = True,
     repair_cross: bool = True,
+    matching: bool = True,
 ) -> StatsDict:
     """One pass of A and B over ``data``: cross moments at every matching and REPAIR probe.
 
     ``repair=False``: matching probes only. ``repair_cross=False``: at REPAIR-only probes keep
     per-channel moments and skip the cross matrix (enough for every variant but
     ``closed_form``), which removes about half the statistics work of a deep MLP.
+    ``matching=False``: REPAIR probes only (e.g. when weight matching finds the permutation,
+    no correlation is read).
     """
     spec = spec or permutation_spec(net_a)
     check_same_architecture(net_a, net_b)
+    if not matching and not repair:
+        raise ValueError("alignment_statistics needs matching=True or repair=True")
+    if matching:
+        probes = alignment_probes(spec, residual, repair=repair)
+        lean = repair_only_probes(spec, residual) if repair and not repair_cross else []
+    else:
+        probes = list(dict.fromkeys(Probe(rp.module) for rp in spec.repair_points))
+        lean = [] if repair_cross else probes
     return run_pass(
         alignment_stats_pass,
         [net_a, net_b],
         as_plan(data, batch_size),
         workers,
-        probes=alignment_probes(spec, residual, repair=repair),
-        moments_only=repair_only_probes(spec, residual) if repair and not repair_cross else (),
+        probes=probes,
+        moments_only=lean,
     )
 
 

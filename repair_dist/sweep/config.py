@@ -26,7 +26,7 @@ from typing import Any
 from .. import store as _store
 from ..data import dataset_info
 from ..models import MODEL_NAMES
-from ..pipeline import METHODS, TRIAL_VARIANTS, alpha_grid
+from ..pipeline import DEFAULT_METHODS, TRIAL_VARIANTS, alpha_grid
 from ..repair import VARIANTS
 from ..store import CheckpointStore, canonical_json
 from .fields import suggest_unknown_fields
@@ -303,7 +303,7 @@ class Sweep:
     epochs: int = 30
     batch_size: int = 64
     lr: float | None = None
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     variants: tuple[str, ...] = VARIANTS
     alphas: int | tuple[float, ...] = 11
     workers_per_trial: int = 1
