@@ -228,6 +228,7 @@ def fit_curve(
     seed: int = 0,
     device: str | torch.device | None = None,
     workers: int = 1,
+    grad_hook: Callable[[Sequence[torch.Tensor]], None] | None = None,
 ) -> Curve:
     """Train the middle point M of a ``kind`` curve from ``net_a`` to ``net_b`` on ``train``.
 
@@ -237,7 +238,9 @@ def fit_curve(
     generators. ``net_b`` is used as given: align it first for an aligned curve.
 
     ``workers`` is the data-parallel width. Curve training runs in this process; a wider
-    request is refused (data-parallel training belongs to the sweep's Ray Train layer).
+    request is refused: data-parallel training belongs to the sweep's Ray Train layer
+    (:func:`repair_dist.sweep.ddp.fit_curve_data_parallel`), which runs this function on every
+    rank with ``grad_hook`` averaging M's gradients across ranks after each backward.
     """
     _check_kind(kind)
     check_same_architecture(net_a, net_b)
@@ -291,6 +294,8 @@ def fit_curve(
             loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_hook is not None:
+                grad_hook(list(mid.values()))
             opt.step()
             sched.step()
             loss_sum += loss.detach() * len(y)

@@ -163,3 +163,75 @@ def test_with_mlflow_down_study_rows_still_land_and_the_next_run_logs_each_unit_
         runs = client.search_runs([exp.experiment_id], max_results=1000)
         keys = sorted(r.data.tags["trial_key"] for r in runs if "trial_key" in r.data.tags)
         assert keys == sorted(u.key() for u in units)
+
+
+def test_fit_curve_data_parallel_keeps_the_ends_and_its_ranks_in_step(ray_ready, tmp_path):
+    """Two Ray Train ranks (gloo) fit one curve: the ends are exactly A and B, M moved off the
+    linear midpoint, and the ranks' middle points agree bit for bit (checked on the ranks:
+    a divergence fails the fit)."""
+    import torch
+
+    import repair_dist as rd
+    from repair_dist.location import Location
+    from repair_dist.sweep.ddp import fit_curve_data_parallel
+
+    sweep = Sweep(
+        name="ddp-curve",
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+        seeds=(0, 1),
+        epochs=1,
+        train_workers=2,
+        cpus_per_worker=0.5,
+    )
+    ep_a, ep_b = sweep.endpoints()
+    nets = []
+    for ep in (ep_a, ep_b):
+        torch.manual_seed(ep.seed)
+        nets.append(rd.build_model(ep.model, **ep.model_kwargs(None)).eval())
+    curve = fit_curve_data_parallel(
+        nets[0],
+        nets[1],
+        ep_a,
+        kind="bezier",
+        epochs=1,
+        lr=0.05,
+        batch_size=64,
+        seed=0,
+        data_root=None,
+        cpus_per_worker=0.5,
+        gpus_per_worker=0.0,
+        storage=Location.of(tmp_path / "tune"),
+    )
+    for t, end in ((0.0, nets[0]), (1.0, nets[1])):
+        for k, v in end.state_dict().items():
+            assert torch.equal(curve.point(t).state_dict()[k], v), (t, k)
+    midpoint = rd.interpolate(nets, [0.5, 0.5]).state_dict()
+    assert any(not torch.equal(curve.mid[k], midpoint[k]) for k, _ in nets[0].named_parameters())
+    assert len(list((tmp_path / "tune").glob("curve-*"))) == 1  # one Ray Train run
+
+
+def test_a_sweep_with_train_workers_fits_its_curves_on_ray_train(ray_ready, tmp_path):
+    """``train_workers > 1``: endpoints and curves both train data-parallel on Ray Train; the
+    curve unit writes its rows as usual and a rerun fits nothing again."""
+    sweep = Sweep(
+        name="ddp-curves",
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+        seeds=(0, 1),
+        epochs=1,
+        methods=(),
+        alphas=3,
+        curve=CurveConfig(epochs=1),
+        train_workers=2,
+        cpus_per_worker=0.5,
+    )
+    out = run_sweep(sweep, root=tmp_path, mlflow=False)
+    assert out.studies_run == 1
+    assert len(list((tmp_path / "tune").glob("curve-*"))) == 2  # curve-aligned, curve-naive
+    trials = results.read_table(tmp_path, "trials", sweep.name)
+    assert sorted(trials["variant"]) == ["curve-aligned", "curve-naive"]
+    assert trials["barrier_loss_max"].notna().all()
+    again = run_sweep(sweep, root=tmp_path, mlflow=False)
+    assert (again.studies_run, again.studies_reused) == (0, 1)
+    assert len(list((tmp_path / "tune").glob("curve-*"))) == 2  # no new fit

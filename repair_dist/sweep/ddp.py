@@ -10,9 +10,11 @@ checkpoint. The result is a plain ``nn.Module``, stored like any other endpoint.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +22,9 @@ from torch import nn
 from ..data import load_dataset
 from ..location import Location
 from .config import EndpointConfig
+
+if TYPE_CHECKING:
+    from ..curves import Curve
 
 _WEIGHTS = "model.pt"
 
@@ -93,3 +98,138 @@ def train_data_parallel(
         state = torch.load(os.path.join(folder, _WEIGHTS), weights_only=True, map_location="cpu")
     net.load_state_dict(state)
     return net.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel curve fitting (issue 10): the same recipe, M's gradients averaged over ranks
+# --------------------------------------------------------------------------------------------
+
+_MID = "mid.pt"
+
+
+def _average_gradients(world: int) -> Callable[[Sequence[torch.Tensor]], None]:
+    import torch.distributed as dist
+
+    def hook(params: Sequence[torch.Tensor]) -> None:
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+
+    return hook
+
+
+def _check_ranks_agree(mid: dict[str, torch.Tensor]) -> None:
+    """Every rank must hold the same M (same start, same averaged steps); fail loudly if not."""
+    import torch.distributed as dist
+
+    flat = torch.cat([v.detach().reshape(-1).double() for v in mid.values()])
+    mine = torch.stack([flat.sum(), flat.abs().sum(), (flat * flat).sum()])
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    if not all(torch.equal(other, mine) for other in everyone):
+        raise RuntimeError("data-parallel curve ranks diverged: their middle points differ")
+
+
+def _curve_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: fit_curve on this rank's shard, gradients averaged."""
+    import ray.train
+    from ray.train.torch import get_device
+    from torch.utils.data import Subset
+
+    from ..curves import fit_curve
+    from ..models import build_model
+
+    ep = EndpointConfig(**config["endpoint"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    train, _ = load_dataset(ep.dataset, config["data_root"], limit=ep.data_limit)
+    device = get_device()
+    nets = []
+    for state in (config["state_a"], config["state_b"]):
+        net = build_model(**config["model"])
+        net.load_state_dict(state)
+        nets.append(net.to(device))
+    usable = len(train) - len(train) % world  # equal shards: every rank takes the same steps
+    curve = fit_curve(
+        nets[0],
+        nets[1],
+        Subset(train, range(rank, usable, world)),
+        **config["fit"],
+        grad_hook=_average_gradients(world),
+    )
+    _check_ranks_agree(curve.mid)
+    metrics = {"rank": rank, "seconds": curve.seconds, "loss": curve.history[-1]}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({k: v.cpu() for k, v in curve.mid.items()}, os.path.join(folder, _MID))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def fit_curve_data_parallel(
+    net_a: nn.Module,
+    net_b: nn.Module,
+    ep: EndpointConfig,
+    *,
+    kind: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    data_root: str | None,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    storage: Location,
+) -> Curve:
+    """:func:`repair_dist.fit_curve` on ``ep.train_workers`` Ray Train workers (DDP-style).
+
+    Every rank starts from the same M (the linear midpoint), draws the same t per step, takes
+    a batch of its own strided shard of ``ep``'s training set and averages M's gradients with
+    the others (gloo on CPU, NCCL on GPU), so the effective batch is ``world x batch_size``,
+    as in data-parallel endpoint training. The ranks' final M are checked to be identical.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..curves import KINDS, Curve
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(KINDS)}")
+    use_gpu = gpus_per_worker > 0
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
+    fit = {"kind": kind, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
+    config = {
+        "endpoint": ep.__dict__.copy(),
+        "data_root": data_root,
+        "model": dict(net_a.config),
+        "state_a": {k: v.detach().cpu() for k, v in net_a.state_dict().items()},
+        "state_b": {k: v.detach().cpu() for k, v in net_b.state_dict().items()},
+        "fit": fit,
+    }
+    # One Ray Train run per curve: named by the settings and both endpoints' weights.
+    digest = hashlib.sha256(repr(sorted(fit.items())).encode())
+    for state in (config["state_a"], config["state_b"]):
+        for k, v in sorted(state.items()):
+            digest.update(k.encode())
+            digest.update(v.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    trainer = TorchTrainer(
+        _curve_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=ep.train_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"curve-{ep.key()}-{digest.hexdigest()[:12]}", **storage.ray_storage()
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"data-parallel curve fitting for {ep.key()} returned no weights")
+    with result.checkpoint.as_directory() as folder:
+        mid = torch.load(os.path.join(folder, _MID), weights_only=True, map_location="cpu")
+    full = {k: v.detach().cpu().clone() for k, v in net_a.state_dict().items()}
+    full.update(mid)
+    seconds = float(result.metrics.get("seconds", 0.0))
+    return Curve(net_a, net_b, full, kind, seconds=seconds)

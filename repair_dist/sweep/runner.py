@@ -569,6 +569,8 @@ def _run_locked(
             workers=sweep.workers_per_trial,
             cpus=sweep.cpus_per_worker,
             amp=sweep.amp,
+            worker_cpus=sweep.cpus_per_worker,
+            worker_gpus=sweep.gpus_per_worker,
         )
         failed += _fit(
             fn,

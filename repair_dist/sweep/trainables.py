@@ -10,6 +10,7 @@ so worker nodes need no access to the tracking server.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -23,6 +24,7 @@ from ray import tune
 from torch.utils.data import TensorDataset
 
 from ..collapse import filter_collapse
+from ..curves import fit_curve
 from ..data import BatchPlan, load_dataset
 from ..location import Location
 from ..metrics import evaluate
@@ -32,7 +34,7 @@ from ..store import CheckpointStore, canonical_json
 from ..train import train_model
 from . import results
 from .config import EndpointConfig, TrialSpec
-from .ddp import train_data_parallel
+from .ddp import fit_curve_data_parallel, train_data_parallel
 from .studies import StudyInputs, StudySpec, study
 
 
@@ -339,12 +341,37 @@ def study_inputs(
     data_root: str | None,
     workers: Any = 1,
     loader_workers: int = 0,
+    *,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    storage: Location | None = None,
 ) -> StudyInputs:
+    """The datasets, plans and pass workers of one unit; curves fit data-parallel on Ray Train
+    workers of the given size when the endpoints' recipe asks for ``train_workers > 1``."""
     ep = spec.endpoints[0]
     train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
     loaders = 0 if isinstance(train, TensorDataset) else loader_workers  # tensors need none
     plans = [BatchPlan(d, spec.batch_size, loader_workers=loaders) for d in (train, test)]
-    return StudyInputs(store, train, test, plans[0], plans[1], workers)
+    fit: Any = fit_curve
+    if ep.train_workers > 1:
+        fit = functools.partial(
+            _fit_curve_on_ray_train,
+            ep=ep,
+            data_root=data_root,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            storage=storage or Location.of(os.path.join(tempfile.gettempdir(), "repair-dist")),
+        )
+    return StudyInputs(store, train, test, plans[0], plans[1], workers, fit)
+
+
+def _fit_curve_on_ray_train(
+    net_a: Any, net_b: Any, train: Any, *, ep: EndpointConfig, **kwargs: Any
+) -> Any:
+    """``fit_curve``'s signature over :func:`fit_curve_data_parallel` (``train`` is ``ep``'s
+    training set, which every rank loads itself)."""
+    del train
+    return fit_curve_data_parallel(net_a, net_b, ep, **kwargs)
 
 
 def run_study_trial(
@@ -355,13 +382,24 @@ def run_study_trial(
     data_root: str | None = None,
     workers: Any = 1,
     loader_workers: int = 0,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
 ) -> dict[str, pd.DataFrame]:
     """Compute one study unit and write its tables, in the study's order (the last marks it
     finished), each as ``<table>/sweep=<sweep>/<key>.parquet``: a rerun replaces, never adds."""
     kind = study(spec.study)
-    inputs = study_inputs(spec, store, data_root, workers, loader_workers)
-    tables = kind.run(spec, inputs)
     root = Location.of(root)
+    inputs = study_inputs(
+        spec,
+        store,
+        data_root,
+        workers,
+        loader_workers,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        storage=root.tune,
+    )
+    tables = kind.run(spec, inputs)
     for table in kind.tables:
         # The last file marks the unit finished and carries its MLflow params (sync-mlflow).
         meta = None
@@ -386,8 +424,11 @@ def study_trainable(
     workers: int,
     cpus: float,
     amp: bool = False,
+    worker_cpus: float = 1.0,
+    worker_gpus: float = 0.0,
 ) -> None:
-    """Stage 2 (Tune) for a study unit: like a merge trial, shards its passes over workers."""
+    """Stage 2 (Tune) for a study unit: like a merge trial, shards its passes over workers;
+    ``worker_cpus``/``worker_gpus`` size the Ray Train workers of data-parallel curves."""
     _threads(cpus)
     spec = StudySpec.from_dict(config["study"])
     executor: Any = 1
@@ -402,5 +443,7 @@ def study_trainable(
         data_root=data_root,
         workers=executor,
         loader_workers=max(0, int(cpus) - 1),
+        cpus_per_worker=worker_cpus,
+        gpus_per_worker=worker_gpus,
     )
     tune.report({"done": 1})

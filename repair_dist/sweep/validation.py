@@ -324,6 +324,16 @@ def _check_resources(problems: list[str], sweep: Sweep, cluster: Mapping[str, An
             f"train_workers: {trainers} x {fmt_value(sweep.gpus_per_worker)} GPUs for training, "
             f"but the cluster has {fmt_value(gpus)}"
         )
+    if trainers > 1 and getattr(sweep, "curve", None) is not None:
+        # A curve unit keeps its own resources (its passes) while Ray Train fits the curve.
+        trial = float(sweep.cpus_per_worker) * workers + (0.25 if workers > 1 or sweep.amp else 0)
+        need = trial + trainers * float(sweep.cpus_per_worker)
+        if need > cpus:
+            problems.append(
+                f"curve: a curve unit holds {fmt_value(trial)} CPUs and fits on train_workers x "
+                f"cpus_per_worker more, {fmt_value(need)} CPUs in all, but the cluster has "
+                f"{fmt_value(cpus)} (the fit would never start)"
+            )
     if workers * sweep.cpus_per_worker > cpus:
         problems.append(
             f"workers_per_trial: workers_per_trial x cpus_per_worker = "

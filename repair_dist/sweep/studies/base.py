@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
 from ... import store as _store
+from ...curves import fit_curve
 from ...store import canonical_json
 
 if TYPE_CHECKING:
@@ -178,6 +179,8 @@ class StudyInputs:
 
     ``train``/``test`` are the datasets (training a curve needs shuffled batches of the
     dataset); ``train_plan``/``test_plan`` the fixed batch plans every sharded pass reads.
+    ``fit_curve`` fits a curve with :func:`repair_dist.fit_curve`'s signature: in process, or
+    data-parallel on Ray Train when the endpoints' recipe asks for ``train_workers > 1``.
     """
 
     store: CheckpointStore
@@ -186,6 +189,7 @@ class StudyInputs:
     train_plan: BatchPlan
     test_plan: BatchPlan
     workers: Any = 1
+    fit_curve: Callable[..., Any] = fit_curve
 
 
 class Study(ABC):

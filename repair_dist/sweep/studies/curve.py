@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -78,6 +78,7 @@ def fitted_curve(
     net_b: nn.Module,
     train: Any,
     matching: str,
+    fit: Callable[..., Curve] = fit_curve,
 ) -> tuple[Curve, float]:
     """(curve, fit seconds): M from the store when it was fitted before, else fitted and saved.
 
@@ -89,7 +90,7 @@ def fitted_curve(
     if store.has(key):
         mid, meta = store.load(key)
         return Curve(net_a, net_b, mid.state_dict(), kind), float(meta["fit_seconds"])
-    curve = fit_curve(
+    curve = fit(
         net_a,
         net_b,
         train,
@@ -196,7 +197,7 @@ class CurveStudy(Study):
             if matching == "activation":
                 matching = f"activation-{residual}"
             curve, fit_seconds = fitted_curve(
-                spec, inputs.store, net_a, other, inputs.train, matching
+                spec, inputs.store, net_a, other, inputs.train, matching, inputs.fit_curve
             )
             profile = curve_profile(
                 curve, inputs.train_plan, inputs.test_plan, ts, workers=inputs.workers
