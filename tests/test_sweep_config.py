@@ -454,3 +454,13 @@ def test_amp_must_be_a_boolean_and_is_part_of_the_trial_key():
         validate_sweep(Sweep(**base, amp="yes"))
     plain, mixed = Sweep(**base).trials()[0], Sweep(**base, amp=True).trials()[0]
     assert mixed.amp and plain.key() != mixed.key() and mixed.params()["amp"] is True
+
+
+def test_a_data_parallel_curve_must_fit_beside_its_unit() -> None:
+    """A curve unit keeps its CPUs while Ray Train fits the curve on train_workers more."""
+    from repair_dist.sweep.config import CurveConfig
+
+    sweep = replace(GOOD, curve=CurveConfig(epochs=1), train_workers=2, cpus_per_worker=1.0)
+    message = _one_problem(sweep, "curve", "3 CPUs in all", cluster_resources={"CPU": 2.6})
+    assert "never start" in message
+    validate_sweep(sweep, cluster_resources={"CPU": 3})
