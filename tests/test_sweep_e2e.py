@@ -334,3 +334,18 @@ def test_cli_train_and_merge_two_checkpoints_and_refuse_bad_ones(tmp_path, capsy
     assert cli_main(["merge", str(tmp_path / "0"), str(tmp_path / "1")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "1") in err and "Traceback" not in err
+
+
+def test_a_sweep_after_sharded_passes_in_the_same_process_gets_the_cpus(ray_ready, tmp_path):
+    """A notebook ran ``workers=2`` passes (a cached pool holding every CPU), then a sweep:
+    the sweep releases the idle pool instead of waiting forever for its CPUs."""
+    import repair_dist as rd
+    from repair_dist.distributed import pool_of_size
+
+    train, _ = rd.load_dataset("digits")
+    net = rd.build_model("mlp", depth=2, width=8, in_shape=(1, 8, 8))
+    held = pool_of_size(2)  # default workers: 1 CPU each, the whole 2-CPU local cluster
+    rd.evaluate(net, train, workers=held)
+    out = run_sweep(tiny_sweep("after-pools", methods=("weight",)), root=tmp_path, mlflow=False)
+    assert out.trials_run == 1
+    assert not held.alive

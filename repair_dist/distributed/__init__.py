@@ -1,7 +1,7 @@
 """Ray layer: loopback-safe Ray start-up and the actor pool that shards passes over data.
 
 Only this package (and ``repair_dist.sweep``) imports Ray; the science modules reach it through
-:func:`repair_dist.execution.resolve_executor` (``workers=N``).
+:func:`repair_dist.passes.resolve_executor` (``workers=N``).
 """
 
 from .pool import (
@@ -10,6 +10,7 @@ from .pool import (
     ShardPool,
     WorkerResources,
     pool_of_size,
+    release_cached_pools,
     shutdown_pools,
 )
 from .ray_init import LOOPBACK, RayUnreachable, connect, ensure_ray, init_local_ray
@@ -25,5 +26,6 @@ __all__ = [
     "ensure_ray",
     "init_local_ray",
     "pool_of_size",
+    "release_cached_pools",
     "shutdown_pools",
 ]

@@ -150,7 +150,7 @@ def _resource_shortfall(workers: int, res: WorkerResources, total: dict[str, flo
 
 
 class ShardPool:
-    """N worker actors; an :class:`~repair_dist.execution.Executor` for sharded passes.
+    """N worker actors; an :class:`~repair_dist.passes.Executor` for sharded passes.
 
     ``amp=True`` runs the workers' forwards under bf16 autocast (and channels-last on GPU):
     about 2x the throughput on tensor-core GPUs, with statistics still summed in float64.

@@ -31,7 +31,7 @@ import pandas as pd
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from ray import tune  # noqa: E402
 
-from ..distributed import ensure_ray, init_local_ray  # noqa: E402
+from ..distributed import ensure_ray, init_local_ray, release_cached_pools  # noqa: E402
 from ..location import Location  # noqa: E402
 from ..storage import (  # noqa: E402
     StorageError,
@@ -468,6 +468,9 @@ def _run_locked(
 
     if not ray.is_initialized():
         _ray_up(address)
+    # Pools this process cached for earlier sharded passes (a notebook's workers=N) are idle
+    # now; left alive they hold the CPUs/GPUs the sweep's trials wait for, forever.
+    release_cached_pools()
 
     validate_sweep(sweep, cluster_resources=ray.cluster_resources())
 
