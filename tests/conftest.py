@@ -79,3 +79,16 @@ def mlflow_root(tmp_path, mlflow_template):
     root.mkdir()
     shutil.copyfile(mlflow_template, root / "mlflow.db")
     return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_cached_pools():
+    """A module's ``workers=N`` passes cache pools that hold CPUs; a later module that runs
+    Ray Tune directly (not through ``run_sweep``, which releases them) would wait for them."""
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        from repair_dist.distributed import release_cached_pools
+
+        release_cached_pools()
