@@ -14,7 +14,7 @@ of unpermuted B, from the same pass).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -34,27 +34,14 @@ from .perm import (
 )
 from .perm.matchers import MATCHING_METHODS, MatchInputs, matching_method
 from .perm.spec import PermutationSpec
-from .repair import VARIANTS, endpoint_statistics, repair
+from .repair import endpoint_statistics, repair
+from .variants import CURVE_VARIANTS, VARIANTS
 
 #: Matching methods a trial accepts (the registry's names).
 METHODS = tuple(MATCHING_METHODS)
 #: What a sweep runs when it names no methods: the two cheap pair matchers. STE trains a copy
 #: of the net per pair (many epochs), so a sweep asks for it explicitly.
 DEFAULT_METHODS = ("activation", "weight")
-
-
-#: Curve variants: "aligned" is plain interpolation; the rest are REPAIR variants.
-CURVE_VARIANTS = ("aligned", *VARIANTS)
-#: Every variant a merge trial reports, in display order (tables, plots): the unaligned and the
-#: aligned-but-unrepaired baselines first, then the REPAIR family. The one copy of this order.
-TRIAL_VARIANTS = ("naive", *CURVE_VARIANTS)
-
-
-def variant_order(values: Iterable[str]) -> list[str]:
-    """Distinct ``values`` in display order: known variants first, then the others sorted."""
-    distinct = set(values)
-    known = [v for v in TRIAL_VARIANTS if v in distinct]
-    return known + sorted(distinct - set(TRIAL_VARIANTS))
 
 
 #: Alphas are rounded to this many decimals so that a grid given as a count and the same grid

@@ -55,8 +55,8 @@ from .passes import (
     transform_outputs,
 )
 from .perm.spec import PermutationSpec, RepairPoint, permutation_spec
+from .variants import VARIANTS
 
-VARIANTS = ("reset", "full", "rescale", "reshift", "closed_form")
 _BN_MODE = {"reset": "both", "full": "both", "rescale": "var", "reshift": "mean"}
 
 

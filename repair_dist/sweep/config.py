@@ -26,16 +26,12 @@ from typing import Any
 from .. import store as _store
 from ..data import dataset_info
 from ..models import MODEL_NAMES
-from ..pipeline import DEFAULT_METHODS, TRIAL_VARIANTS, alpha_grid
-from ..repair import VARIANTS
+from ..pipeline import DEFAULT_METHODS, alpha_grid
 from ..store import CheckpointStore, canonical_json
+from ..variants import ALWAYS_REPORTED, VARIANTS
 from .fields import suggest_unknown_fields
 from .results import TRIAL_ID_COLUMNS
 from .studies import STUDIES, CurveConfig, PruningConfig, StudySpec
-
-#: Reported for every trial without being asked for (DESIGN.md §5).
-#: The two baselines every trial reports (not REPAIR variants): see pipeline.TRIAL_VARIANTS.
-ALWAYS_REPORTED: tuple[str, ...] = TRIAL_VARIANTS[:2]
 
 
 class SweepConfigError(ValueError):

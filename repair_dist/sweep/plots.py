@@ -21,8 +21,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..pipeline import TRIAL_VARIANTS, variant_order
-from ..repair import VARIANTS
+from ..variants import TRIAL_VARIANTS, VARIANTS, variant_order
 from .results import summarize
 
 #: Barrier metrics drawn by :func:`plot_sweep`, one panel each.

@@ -20,21 +20,25 @@ are an error by default (a typo should not silently lose data), or dropped with
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from ..location import TABLES, Location
-from ..pipeline import variant_order
 from ..storage import writing
+from ..variants import variant_order
 
 #: Version 2 added the optional ``trials`` columns ``residual``, ``curve_kind``,
 #: ``curve_epochs`` and ``curve_seconds`` and the ``pruning`` and ``filters`` tables. Version-1
@@ -167,6 +171,13 @@ TRIAL_RUN_NAME_KEY = "repair_dist.run_name"
 #: ... and, for a study unit's last file, the study's registry name (``curve``, ``prune``).
 STUDY_KEY = "repair_dist.study"
 
+#: Compacted files of a sweep's table are named ``part-<ns>-<hex>.parquet`` (never a unit key:
+#: keys are hex digests); beside the table's columns they hold the key of the unit each row
+#: came from and that unit's file metadata as JSON (see :mod:`repair_dist.sweep.compaction`).
+PART_PREFIX = "part-"
+UNIT_COLUMN = "_unit"
+META_COLUMN = "_unit_metadata"
+
 #: Metrics that :func:`summarize` averages over seed pairs by default.
 SUMMARY_METRICS = ("barrier_acc_mid", "barrier_loss_mid", "reduction_vs_aligned")
 #: Default grouping of :func:`summarize` (columns absent from the frame are skipped): the
@@ -258,6 +269,8 @@ def write_rows(
     into the file's key-value metadata (no column: readers of the table never see it).
     """
     loc = Location.of(root, filesystem)
+    if key.startswith(PART_PREFIX):
+        raise ValueError(f"unit key {key!r} may not start with {PART_PREFIX!r} (compacted files)")
     final = loc.table_file(_check_table(table), sweep, key)
     data = to_arrow(table, df, sweep, extra=extra)
     if metadata:
@@ -286,17 +299,105 @@ def _publish(loc: Location, data: pa.Table, tmp: str, final: str) -> None:
         raise
 
 
-def file_metadata(root: str | os.PathLike | Location, table: str, sweep: str, key: str) -> dict:
-    """The key-value metadata :func:`write_rows` stored in one file (``{}`` when none)."""
-    loc = Location.of(root)
-    path = loc.table_file(_check_table(table), sweep, key)
-    raw = pq.read_schema(path, filesystem=loc.fs).metadata or {}
-    return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
-
-
 def _empty(table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     frame = SCHEMAS[table].empty_table().to_pandas()
     return frame[list(columns)] if columns else frame
+
+
+# ---- the files of a table: one per unit while a sweep runs, a few parts once compacted -------
+
+
+@dataclass
+class Partition:
+    """The files of one sweep's directory of a table.
+
+    ``units``: key -> path of each unit's own file (a trial's, an endpoint's...); ``parts``:
+    the compacted files (:mod:`repair_dist.sweep.compaction`), newest first. Reading rule,
+    which keeps every unit's rows exactly once even after a crash mid-compaction: a unit's
+    own file wins; otherwise the newest part holding the unit.
+    """
+
+    sweep: str
+    units: dict[str, str] = dataclass_field(default_factory=dict)
+    parts: list[str] = dataclass_field(default_factory=list)
+    #: (size, mtime) of each unit file as listed: compaction deletes only files it read.
+    stamps: dict[str, tuple[int, int | None]] = dataclass_field(default_factory=dict)
+
+
+def partitions(
+    root: str | os.PathLike | Location, table: str, sweep: str | None = None
+) -> list[Partition]:
+    """The table's files, per sweep (one listing: no file is opened)."""
+    _check_table(table)
+    loc = Location.of(root)
+    where = loc.table_dir(table, sweep)
+    selector = pafs.FileSelector(where, allow_not_found=True, recursive=sweep is None)
+    found: dict[str, Partition] = {}
+    for info in loc.fs.get_file_info(selector):
+        name = info.base_name
+        if info.type != pafs.FileType.File or name.startswith(".") or not name.endswith(".parquet"):
+            continue
+        parent = info.path.rsplit("/", 2)[-2]
+        if sweep is None and not parent.startswith("sweep="):
+            continue
+        name_of_sweep = sweep if sweep is not None else parent[len("sweep=") :]
+        part = found.setdefault(name_of_sweep, Partition(name_of_sweep))
+        if name.startswith(PART_PREFIX):
+            part.parts.append(info.path)
+        else:
+            key = name[: -len(".parquet")]
+            part.units[key] = info.path
+            part.stamps[key] = (info.size, info.mtime_ns)
+    for part in found.values():
+        part.parts.sort(reverse=True)  # names start with the time they were written
+    return [found[k] for k in sorted(found)]
+
+
+def _read_units(loc: Location, table: str, paths: list[str], columns: list[str]) -> pa.Table:
+    """The unit files' rows in one threaded scan (the file schema; absent columns null)."""
+    dataset = ds.dataset(
+        paths,
+        filesystem=loc.fs,
+        format="parquet",
+        schema=FILE_SCHEMAS[table],
+        exclude_invalid_files=False,
+    )
+    return dataset.to_table(columns=columns)
+
+
+def _read_parts(
+    loc: Location, part: Partition, columns: list[str], only: str | None = None
+) -> pa.Table | None:
+    """Rows of the compacted parts that no unit file or newer part supersedes (see
+    :class:`Partition`), with the ``_unit`` column; ``only``: one unit's rows."""
+    seen = set(part.units)
+    pieces = []
+    for path in part.parts:
+        present = set(pq.read_schema(path, filesystem=loc.fs).names)  # older parts: fewer
+        data = pq.read_table(
+            path,
+            filesystem=loc.fs,
+            columns=[c for c in [*columns, UNIT_COLUMN] if c in present],
+            filters=[(UNIT_COLUMN, "=", only)] if only is not None else None,
+        )
+        units = data[UNIT_COLUMN]
+        if seen:
+            data = data.filter(pc.invert(pc.is_in(units, value_set=pa.array(sorted(seen)))))
+        seen.update(pc.unique(units).to_pylist())
+        pieces.append(data)
+    return pa.concat_tables(pieces) if pieces else None
+
+
+def _conform(data: pa.Table, table: str, columns: list[str]) -> pa.Table:
+    """Columns of an older part (schema 1) that it lacks come back null, like unit files."""
+    schema = FILE_SCHEMAS[table]
+    arrays = []
+    for name in columns:
+        if name in data.column_names:
+            arrays.append(data[name].cast(schema.field(name).type))
+        else:
+            arrays.append(pa.nulls(data.num_rows, type=schema.field(name).type))
+    return pa.Table.from_arrays(arrays, names=columns)
 
 
 def read_table(
@@ -309,36 +410,96 @@ def read_table(
 ) -> pd.DataFrame:
     """One results table as a DataFrame (``sweep`` a plain string column), all sweeps or one.
 
-    An empty frame with the table's columns when nothing has been written yet.
+    Every unit's rows exactly once, whether they sit in the unit's own file or in a
+    compacted part. An empty frame with the table's columns when nothing has been written.
     """
     _check_table(table)
     loc = Location.of(root, filesystem)
-    fs, where = loc.fs, loc.table_dir(table, sweep)
     full = SCHEMAS[table]
     if columns is not None:
         bad = [c for c in columns if c not in full.names]
         if bad:
             raise ValueError(f"{table} has no column(s) {', '.join(bad)}")
-    if fs.get_file_info(where).type != pafs.FileType.Directory:
+    wanted = list(columns) if columns is not None else list(full.names)
+    file_columns = [c for c in wanted if c != "sweep"]
+    pieces: list[pa.Table] = []
+    for part in partitions(loc, table, sweep):
+        chunks = []
+        if part.units:
+            chunks.append(_read_units(loc, table, list(part.units.values()), file_columns))
+        parts = _read_parts(loc, part, file_columns)
+        if parts is not None:
+            chunks.append(_conform(parts, table, file_columns))
+        for data in chunks:
+            if "sweep" in wanted:
+                data = data.append_column("sweep", pa.array([part.sweep] * data.num_rows, _S))
+            pieces.append(data.select(wanted))
+    if not pieces:
         return _empty(table, columns)
-    dataset = ds.dataset(
-        where,
-        filesystem=fs,
-        format="parquet",
-        schema=full if sweep is None else FILE_SCHEMAS[table],
-        partitioning=ds.partitioning(pa.schema([("sweep", _S)]), flavor="hive")
-        if sweep is None
-        else None,
-        exclude_invalid_files=False,
-    )
-    data = dataset.to_table()
-    if sweep is not None:
-        data = data.add_column(0, "sweep", pa.array([sweep] * data.num_rows, type=_S))
-    data = data.select(full.names)
-    frame = data.to_pandas()
+    frame = pa.concat_tables(pieces).to_pandas()
     if frame.empty:
         return _empty(table, columns)
-    return frame[list(columns)] if columns else frame
+    return frame
+
+
+def unit_keys(root: str | os.PathLike | Location, table: str, sweep: str) -> set[str]:
+    """Keys of the units with rows in ``table`` (own files and compacted parts alike)."""
+    loc = Location.of(root)
+    keys: set[str] = set()
+    for part in partitions(loc, table, sweep):
+        keys.update(part.units)
+        for path in part.parts:
+            units = pq.read_table(path, filesystem=loc.fs, columns=[UNIT_COLUMN])[UNIT_COLUMN]
+            keys.update(pc.unique(units).to_pylist())
+    return keys
+
+
+def unit_rows(root: str | os.PathLike | Location, table: str, sweep: str, key: str) -> pd.DataFrame:
+    """One unit's rows of ``table`` (file columns, no ``sweep``); FileNotFoundError if none."""
+    loc = Location.of(root)
+    columns = list(FILE_SCHEMAS[table].names)
+    for part in partitions(loc, table, sweep):
+        if key in part.units:
+            return _read_units(loc, table, [part.units[key]], columns).to_pandas()
+        data = _read_parts(loc, part, columns, only=key)
+        if data is not None and data.num_rows:
+            return _conform(data, table, columns).to_pandas()
+    raise FileNotFoundError(f"no {table} rows of {key} in sweep {sweep!r} under {loc.uri}")
+
+
+def _decode(raw: Mapping[bytes, bytes] | None) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (raw or {}).items() if not k.startswith(b"ARROW:")}
+
+
+def unit_metadata(
+    root: str | os.PathLike | Location, table: str, sweep: str
+) -> dict[str, dict[str, str]]:
+    """key -> the key-value metadata :func:`write_rows` stored with each unit's rows."""
+    loc = Location.of(root)
+    out: dict[str, dict[str, str]] = {}
+    for part in partitions(loc, table, sweep):
+        for path in reversed(part.parts):  # oldest first: newer parts overwrite
+            data = pq.read_table(path, filesystem=loc.fs, columns=[UNIT_COLUMN, META_COLUMN])
+            for unit, meta in zip(
+                data[UNIT_COLUMN].to_pylist(), data[META_COLUMN].to_pylist(), strict=True
+            ):
+                out[unit] = json.loads(meta) if meta else {}
+        for key, path in part.units.items():
+            out[key] = _decode(pq.read_schema(path, filesystem=loc.fs).metadata)
+    return out
+
+
+def file_metadata(root: str | os.PathLike | Location, table: str, sweep: str, key: str) -> dict:
+    """The key-value metadata :func:`write_rows` stored with one unit's rows (``{}`` when
+    none); FileNotFoundError when the unit has no rows in ``table``."""
+    loc = Location.of(root)
+    path = loc.table_file(_check_table(table), sweep, key)
+    if loc.fs.get_file_info(path).type == pafs.FileType.File:
+        return _decode(pq.read_schema(path, filesystem=loc.fs).metadata)
+    found = unit_metadata(loc, table, sweep)
+    if key not in found:
+        raise FileNotFoundError(f"no {table} rows of {key} in sweep {sweep!r} under {loc.uri}")
+    return found[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,9 +610,13 @@ __all__ = [
     "describe",
     "format_table",
     "file_metadata",
+    "partitions",
     "read_table",
     "summarize",
     "table_path",
     "to_arrow",
+    "unit_keys",
+    "unit_metadata",
+    "unit_rows",
     "write_rows",
 ]

@@ -1,0 +1,141 @@
+"""Compaction: a finished sweep's one-file-per-unit tables become a few files.
+
+While a sweep runs, every trial (endpoint, study unit) writes its rows to its own Parquet file,
+atomically: that file marks the unit finished and a rerun replaces it, so nothing is ever
+duplicated. Thousands of small files make every later read slow (a footer per file), so the
+runner compacts each table of the sweep when the sweep ends: the unit files and older parts
+are written into one new part ``part-<ns>-<hex>.parquet``, then the files it replaces are
+deleted. Each row keeps the key of its unit (``_unit``) and the unit's file metadata
+(``_unit_metadata``: e.g. a trial's MLflow params), so nothing a unit file carried is lost.
+
+Why no row is ever lost or doubled, even if the process dies at any point: readers
+(:func:`repair_dist.sweep.results.read_table`) take a unit's rows from its own file if one
+exists, else from the newest part holding it. Until the new part is renamed into place it is
+invisible; after that it supersedes the older parts, and the unit files it copied still win
+over it until they are deleted, with identical rows. A unit file rewritten after it was read
+(a rerun) is not deleted: its size or mtime no longer match what was read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from ..location import TABLES, Location
+from ..storage import writing
+from .results import (
+    FILE_SCHEMAS,
+    META_COLUMN,
+    PART_PREFIX,
+    UNIT_COLUMN,
+    Partition,
+    _conform,
+    _decode,
+    _read_parts,
+    partitions,
+)
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """What :func:`compact_table` did to one sweep's table."""
+
+    table: str
+    units: int
+    rows: int
+    files_before: int
+    files_after: int
+
+
+def _part_schema(table: str) -> pa.Schema:
+    schema = FILE_SCHEMAS[table]
+    fields = [*schema, pa.field(UNIT_COLUMN, pa.string()), pa.field(META_COLUMN, pa.string())]
+    return pa.schema(fields, metadata={**schema.metadata, b"repair_dist.compacted": b"1"})
+
+
+def _unit_files(loc: Location, table: str, part: Partition) -> pa.Table:
+    """Every unit file's rows, tagged with its unit key and metadata (one threaded scan)."""
+    schema = FILE_SCHEMAS[table]
+    keys_of = {path: key for key, path in part.units.items()}
+    dataset = ds.dataset(
+        list(part.units.values()), filesystem=loc.fs, format="parquet", schema=schema
+    )
+    pieces = []
+    for fragment in dataset.get_fragments():
+        meta = _decode(fragment.physical_schema.metadata)
+        meta = {k: v for k, v in meta.items() if k not in _TABLE_LEVEL}
+        data = fragment.to_table(schema=schema)
+        unit = pa.array([keys_of[fragment.path]] * data.num_rows, pa.string())
+        blob = pa.array([json.dumps(meta, sort_keys=True)] * data.num_rows, pa.string())
+        pieces.append(data.append_column(UNIT_COLUMN, unit).append_column(META_COLUMN, blob))
+    return pa.concat_tables(pieces) if pieces else _part_schema(table).empty_table()
+
+
+#: File metadata that describes the table, not the unit (the part's own schema has it).
+_TABLE_LEVEL = ("repair_dist.table", "repair_dist.schema_version")
+
+
+def compact_table(root: str | os.PathLike | Location, table: str, sweep: str) -> Compacted:
+    """Fold one sweep's unit files and parts of ``table`` into one part (see the module doc).
+
+    Nothing to do (no unit file, at most one part) leaves the files as they are. The caller
+    holds the sweep's lock (:class:`~repair_dist.sweep.lock.SweepLock`): no unit file of
+    this sweep is written meanwhile.
+    """
+    loc = Location.of(root)
+    found = partitions(loc, table, sweep)
+    if not found:
+        return Compacted(table, 0, 0, 0, 0)
+    (part,) = found
+    before = len(part.units) + len(part.parts)
+    if not part.units and len(part.parts) <= 1:
+        return Compacted(table, 0, 0, before, before)
+    names = list(FILE_SCHEMAS[table].names)
+    older = _read_parts(loc, part, [*names, META_COLUMN])
+    pieces = [_unit_files(loc, table, part)] if part.units else []
+    if older is not None:
+        kept = _conform(older, table, names)
+        kept = kept.append_column(UNIT_COLUMN, older[UNIT_COLUMN])
+        pieces.append(kept.append_column(META_COLUMN, older[META_COLUMN]))
+    schema = _part_schema(table)
+    data = pa.concat_tables([p.cast(schema) for p in pieces]).replace_schema_metadata(
+        schema.metadata
+    )
+    directory = loc.table_dir(table, sweep)
+    final = f"{directory}/{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = f"{directory}/.{final.rsplit('/', 1)[1]}.tmp"
+    with writing(f"compacted {table} rows", final):
+        try:
+            with loc.fs.open_output_stream(tmp) as out:
+                pq.write_table(data, out, compression="zstd")
+            loc.fs.move(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                loc.fs.delete_file(tmp)
+            raise
+    for path in part.parts:  # superseded by the new part (newest first wins)
+        loc.fs.delete_file(path)
+    listed = {info.path: info for info in loc.fs.get_file_info(list(part.units.values()))}
+    for key, path in part.units.items():
+        info = listed[path]
+        if (info.size, info.mtime_ns) == part.stamps[key]:  # not rewritten since read
+            loc.fs.delete_file(path)
+    units = len(set(data[UNIT_COLUMN].to_pylist()))
+    after = len(partitions(loc, table, sweep)[0].units) + 1
+    return Compacted(table, units, data.num_rows, before, after)
+
+
+def compact_sweep(root: str | os.PathLike | Location, sweep: str) -> list[Compacted]:
+    """:func:`compact_table` for every results table of ``sweep``."""
+    return [compact_table(root, table, sweep) for table in TABLES]
+
+
+__all__ = ["Compacted", "compact_sweep", "compact_table"]
