@@ -375,8 +375,14 @@ class Tracker:
         artifact_root: str | os.PathLike | None = None,
         timeout: float = 10.0,
         max_retries: int = 0,
+        exclusive: bool = False,
     ) -> None:
         self.tracking_uri = tracking_uri
+        #: True when this process is the only writer of the sweep's runs (it holds the
+        #: sweep's lock): runs are then found in one tag -> run map built on first use, not
+        #: by two searches per run (the race check is only needed between writers).
+        self.exclusive = exclusive
+        self._run_map: dict[str, str] | None = None
         self.sweep = _check_safe("sweep name", sweep)
         if artifact_root is None and (root := _sqlite_root(tracking_uri)) is not None:
             artifact_root = default_artifact_root(root)
@@ -466,6 +472,8 @@ class Tracker:
 
     def _get_or_create_run(self, tag: str, value: str, tags: Mapping[str, str]) -> tuple[str, bool]:
         """(run id, created) of the run tagged ``tag=value``; races resolve to the oldest run."""
+        if self.exclusive and tag == "trial_key":
+            return self._get_or_create_exclusive(value, tags)
         existing = self._search(tag, value)
         if existing:
             return existing[0].info.run_id, False
@@ -476,6 +484,29 @@ class Tracker:
             self._client.delete_run(mine)
             return winner, False
         return mine, True
+
+    def _runs_by_key(self) -> dict[str, str]:
+        """trial_key -> run id of this sweep's runs, built once (one paged query); where two
+        runs share a key (an old race), the oldest, as :meth:`_get_or_create_run` picks."""
+        if self._run_map is None:
+            runs = sorted(
+                self._search_all("tags.trial_key != ''"),
+                key=lambda r: (r.info.start_time or 0, r.info.run_id),
+            )
+            found: dict[str, str] = {}
+            for run in runs:
+                found.setdefault(run.data.tags["trial_key"], run.info.run_id)
+            self._run_map = found
+        return self._run_map
+
+    def _get_or_create_exclusive(self, value: str, tags: Mapping[str, str]) -> tuple[str, bool]:
+        """As :meth:`_get_or_create_run`, for the sweep's only writer: one map, no searches."""
+        runs = self._runs_by_key()
+        if value in runs:
+            return runs[value], False
+        run = self._client.create_run(self.experiment_id(), tags={"trial_key": value, **tags})
+        runs[value] = run.info.run_id
+        return run.info.run_id, True
 
     # -- public API ------------------------------------------------------------------------
 
@@ -506,7 +537,11 @@ class Tracker:
                 self._client.set_terminated(parent, status)
 
     def logged_keys(self, tag: str = "trial_key") -> set[str]:
-        """Every value of ``tag`` among this sweep's active runs (one paged query)."""
+        """Every value of ``tag`` among this sweep's active runs (one paged query; for the
+        sweep's only writer, the run map it keeps)."""
+        if self.exclusive and tag == "trial_key":
+            with self._guard(f"listing {tag}s"):
+                return set(self._runs_by_key())
         with self._guard(f"listing {tag}s"):
             runs = self._search_all(f"tags.{tag} != ''")
         return {r.data.tags[tag] for r in runs if tag in r.data.tags}
@@ -595,10 +630,13 @@ class Tracker:
         ]
         new_metrics = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in have_metrics]
         new_metrics += [Metric(k, v, now, s) for k, v, s in steps if k not in have_metrics]
-        for chunk in _chunks(new_params, _MAX_PARAMS):
-            self._client.log_batch(run_id, params=chunk)
-        for chunk in _chunks(new_metrics, _MAX_METRICS):
-            self._client.log_batch(run_id, metrics=chunk)
+        # As few calls as MLflow's limits allow (a call is a database transaction): a trial's
+        # params and metrics usually fit in one.
+        while new_params or new_metrics:
+            params_now, new_params = new_params[:_MAX_PARAMS], new_params[_MAX_PARAMS:]
+            room = _MAX_METRICS - len(params_now)
+            metrics_now, new_metrics = new_metrics[:room], new_metrics[room:]
+            self._client.log_batch(run_id, params=params_now, metrics=metrics_now)
 
 
 # --------------------------------------------------------------------------------------------
