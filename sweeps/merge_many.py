@@ -21,8 +21,7 @@ def build_sweep(smoke: bool = False) -> Sweep:
             dataset="digits",
             archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
             seeds=(0, 1, 2),
-            epochs=1,
-            data_limit=300,
+            epochs=2,
             methods=(),
             merge_many=MergeManyConfig(n_models=(2, 3), methods=("weight", "merge_many")),
         )
