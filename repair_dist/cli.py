@@ -83,6 +83,12 @@ def _load_sweep_script(path: str, smoke: bool) -> Any:
     return build(smoke=smoke)
 
 
+#: How a sweep's summary shows the ``merges`` table: per net, N, method and variant ...
+MERGES_GROUP = ("model", "width", "depth", "norm", "n_models", "method", "variant")
+#: ... the merged net's test accuracy, its barrier and its gap to the ensemble of the N.
+MERGES_SHOWN = ("acc", "barrier_acc", "barrier_loss", "ensemble_gap_acc", "ensemble_gap_loss")
+
+
 def _print_outcome(outcome: Any) -> None:
     from .sweep import results
 
@@ -105,10 +111,16 @@ def _print_outcome(outcome: Any) -> None:
         stats = results.describe(pruning[[*group, "test_acc", "measured_sparsity"]], group)
         print(f"\nPruning (test accuracy, mean ± std over endpoints) ({outcome.sweep}):")
         print(results.format_table(stats))
+    merges = results.read_table(root, "merges", outcome.sweep)
+    if not merges.empty:
+        keep = [*MERGES_GROUP, *MERGES_SHOWN]
+        stats = results.describe(merges[keep], list(MERGES_GROUP))
+        print(f"\nMerged nets of N (test split, mean ± std over N-tuples) ({outcome.sweep}):")
+        print(results.format_table(stats))
     studies = ""
     if outcome.studies_run or outcome.studies_reused:
         studies = (
-            f"{outcome.studies_run} study units (curves, pruning) run, "
+            f"{outcome.studies_run} study units (curves, pruning, merges) run, "
             f"{outcome.studies_reused} already done; "
         )
     print(
@@ -281,7 +293,8 @@ def _show_table(args: argparse.Namespace) -> int:
     """``results --table pruning|filters|curves|...``: rows, or a mean/std summary.
 
     ``pruning`` is summarised by default (mean and std over endpoints per net, kind,
-    sparsity and variant); ``--group-by`` summarises any table by the given columns;
+    sparsity and variant), ``merges`` likewise (over N-tuples per net, N, method and
+    variant); ``--group-by`` summarises any table by the given columns;
     ``--raw`` (and every other table by default) prints the rows.
     """
     from .sweep import results
@@ -293,6 +306,8 @@ def _show_table(args: argparse.Namespace) -> int:
     group = args.group_by
     if group is None and args.table == "pruning" and not args.raw:
         group = [*results.DEFAULT_GROUP_BY, "kind", "sparsity", "variant"]
+    if group is None and args.table == "merges" and not args.raw:
+        group = [*results.DEFAULT_GROUP_BY, "n_models", "method", "variant"]
     if group is None or args.raw:
         print(results.format_table(frame, args.format))
         return 0

@@ -35,7 +35,15 @@ from pyarrow import fs as pafs
 SAFE_PUNCTUATION = "_.+-"
 SAFE_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9{re.escape(SAFE_PUNCTUATION)}]*$")
 #: Results tables (DESIGN.md §5), in the order a sweep writes them.
-TABLES: tuple[str, ...] = ("endpoints", "trials", "curves", "layers", "pruning", "filters")
+TABLES: tuple[str, ...] = (
+    "endpoints",
+    "trials",
+    "curves",
+    "layers",
+    "pruning",
+    "filters",
+    "merges",
+)
 
 
 def check_name(what: str, value: object) -> str:

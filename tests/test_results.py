@@ -140,6 +140,37 @@ def _pruning(key: str = "e0") -> pd.DataFrame:
     )
 
 
+def _merges(key: str = "m0") -> pd.DataFrame:
+    rows = [("none", "naive")] + [
+        (m, v) for m in ("weight", "merge_many") for v in ("aligned", "full")
+    ]
+    return pd.DataFrame(
+        [
+            {
+                "trial_key": key,
+                **ARCH,
+                "n_models": 3,
+                "seeds": "0,1,2",
+                "endpoints": "e0,e1,e2",
+                "method": m,
+                "variant": v,
+                "acc": 0.8,
+                "loss": 0.5,
+                "endpoint_acc": 0.9,
+                "endpoint_loss": 0.3,
+                "ensemble_acc": 0.93,
+                "ensemble_loss": 0.25,
+                "barrier_acc": 0.1,
+                "barrier_loss": 0.2,
+                "ensemble_gap_acc": 0.13,
+                "ensemble_gap_loss": 0.25,
+                "seconds": 0.1,
+            }
+            for m, v in rows
+        ]
+    )
+
+
 def _filters(key: str = "e0") -> pd.DataFrame:
     return pd.DataFrame(
         [
@@ -163,6 +194,7 @@ FRAMES = {
     "layers": _layers,
     "pruning": _pruning,
     "filters": _filters,
+    "merges": _merges,
 }
 
 

@@ -4,6 +4,7 @@ settings are one line each before anything runs, and old Parquet files still rea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,7 +17,14 @@ import pytest
 from repair_dist.location import Location
 from repair_dist.store import CheckpointStore
 from repair_dist.sweep import results
-from repair_dist.sweep.config import ArchGrid, CurveConfig, PruningConfig, Sweep, SweepConfigError
+from repair_dist.sweep.config import (
+    ArchGrid,
+    CurveConfig,
+    MergeManyConfig,
+    PruningConfig,
+    Sweep,
+    SweepConfigError,
+)
 from repair_dist.sweep.studies import curve as curve_study
 from repair_dist.sweep.trainables import run_study_trial, train_endpoint, write_endpoint_rows
 from repair_dist.sweep.validation import validate_sweep
@@ -187,3 +195,142 @@ def test_version_1_trials_files_still_read_with_the_new_columns_null(tmp_path):
     back = results.read_table(tmp_path, "trials")
     assert back["trial_key"].tolist() == ["t0"] and back[sorted(new)].isna().all().all()
     assert results.SCHEMA_VERSION == "2"
+
+
+# --------------------------------------------------------------------------------------------
+# merge many (issue 12)
+# --------------------------------------------------------------------------------------------
+
+
+def test_bad_merge_many_settings_are_one_line_each_naming_the_field():
+    problems = _problems(
+        study_sweep(
+            seeds=(0, 1, 2, 3),
+            merge_many=MergeManyConfig(
+                n_models=(1, 2, 5, "x"),
+                methods=("weight", "zip"),
+                variants=("aligned", "fool"),
+                groups=0,
+            ),
+        )
+    )
+    assert len(problems) == 7, problems
+    for field, word in [
+        ("merge_many.n_models", "'x'"),
+        ("merge_many.n_models", "1 below 2"),
+        ("merge_many.n_models", "5 more nets than the sweep's 4 seeds"),
+        ("merge_many.methods", "zip"),
+        ("merge_many.variants", "'aligned' need not be listed"),
+        ("merge_many.variants", "fool"),
+        ("merge_many.groups", "0"),
+    ]:
+        assert any(p.startswith(field) and word in p for p in problems), (field, problems)
+    assert all("\n" not in p for p in problems)
+    # rotating 3 seeds by 3 gives one 3-tuple, not two
+    [line] = _problems(
+        study_sweep(seeds=(0, 1, 2), merge_many=MergeManyConfig(n_models=(3,), groups=2))
+    )
+    assert line.startswith("merge_many.groups: 2 distinct 3-tuples") and "only 1" in line
+    # a typo in the YAML mapping is one line too
+    d = {**study_sweep().to_dict(), "merge_many": {"n_model": [2]}}
+    with pytest.raises(SweepConfigError, match=r"merge_many\.n_model: unknown key \(did you mean"):
+        Sweep.from_dict(d)
+
+
+def test_an_odd_seed_is_fine_when_an_n_tuple_merges_it():
+    validate_sweep(study_sweep(seeds=(0, 1, 2), merge_many=MergeManyConfig(n_models=(3,))))
+    # only pairs of 2 from 3 seeds: seed 2 is still unused, and still reported
+    for merge in (None, MergeManyConfig(n_models=(2,))):
+        [line] = _problems(study_sweep(seeds=(0, 1, 2), merge_many=merge))
+        assert line.startswith("seeds: an odd count (3) leaves seed 2 unpaired")
+
+
+def test_merge_many_units_are_n_tuples_by_rotation_and_their_endpoints_train_once():
+    sweep = Sweep(
+        name="many-specs",
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16, 32), depths=(3,)),),
+        seeds=(0, 1, 2, 3),
+        methods=("weight",),
+        merge_many=MergeManyConfig(n_models=(2, 3, 4), groups=2),
+    )
+    units = sweep.study_trials()
+    seeds = [tuple(e.seed for e in u.endpoints) for u in units]
+    # per width: N=2 starts at 0 and 2 (disjoint); N=3 at 0 and 3 (wrapping); N=4 once
+    per_width = [(0, 1), (2, 3), (0, 1, 2), (3, 0, 1), (0, 1, 2, 3)]
+    assert seeds == per_width * 2
+    assert len({u.key() for u in units}) == len(units)
+    assert all(len({e.width for e in u.endpoints}) == 1 for u in units)
+    # every net a tuple names is an endpoint, each once (pairs and tuples share them)
+    endpoints = sweep.endpoints()
+    assert len(endpoints) == len(set(endpoints)) == 2 * 4
+    assert {e for u in units for e in u.endpoints} == set(endpoints)
+    # seeds beyond the pairs: 3 seeds pair as (0, 1); the 3-tuple adds seed 2's nets
+    three = Sweep(
+        name="many-three",
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+        seeds=(0, 1, 2),
+        methods=("weight",),
+        merge_many={"n_models": [3]},
+    )
+    assert three.seed_pairs() == [(0, 1)]
+    assert [e.seed for e in three.endpoints()] == [0, 1, 2]
+    # the methods and variants are part of the key; the sweep round-trips through a mapping
+    other = dataclasses.replace(
+        three, merge_many=MergeManyConfig(n_models=(3,), methods=("weight",))
+    )
+    assert three.study_trials()[0].key() != other.study_trials()[0].key()
+    assert Sweep.from_dict(sweep.to_dict()) == sweep
+
+
+def test_a_merge_many_unit_measures_the_library_merge_ensemble_and_endpoints(trained):
+    import repair_dist as rd
+    from repair_dist.data import BatchPlan, load_dataset
+    from repair_dist.sweep.studies import study
+
+    root, store, base = trained
+    sweep = study_sweep(
+        merge_many=MergeManyConfig(
+            n_models=(2,), methods=("merge_many", "weight"), variants=("full", "rescale")
+        )
+    )
+    assert sweep.endpoints() == base.endpoints()  # the module's trained nets
+    [unit] = [u for u in sweep.study_trials() if u.study == "merge_many"]
+    tables = run_study_trial(unit, store, root)
+    rows = results.read_table(root, "merges", sweep.name)
+    assert len(rows) == len(tables["merges"]) == 1 + 2 * 3
+    assert not rows.duplicated(["trial_key", "method", "variant"]).any()
+    run_study_trial(unit, store, root)  # a rerun replaces the unit's file
+    assert len(results.read_table(root, "merges", sweep.name)) == len(rows)
+
+    nets = [store.load(ep.key())[0] for ep in unit.endpoints]
+    ep = unit.endpoints[0]
+    train, test = (BatchPlan(d, 500) for d in load_dataset(ep.dataset, limit=ep.data_limit))
+    ends = [rd.evaluate(n, test) for n in nets]
+    ens = rd.evaluate(rd.ensemble(nets), test)
+    by = rows.set_index(["method", "variant"])
+    assert by["endpoint_acc"].iloc[0] == pytest.approx(np.mean([e["acc"] for e in ends]))
+    assert by["ensemble_loss"].iloc[0] == pytest.approx(ens["loss"])
+    assert by.loc[("none", "naive"), "acc"] == pytest.approx(
+        rd.evaluate(rd.interpolate(nets, [0.5, 0.5]), test)["acc"]
+    )
+    for method in ("merge_many", "weight"):
+        for variant in ("aligned", "full", "rescale"):
+            merged = rd.merge_many(
+                nets,
+                train,
+                method=method,
+                variant=None if variant == "aligned" else variant,
+                seed=ep.seed,
+            )
+            got = rd.evaluate(merged, test)
+            row = by.loc[(method, variant)]
+            assert (row["acc"], row["loss"]) == pytest.approx((got["acc"], got["loss"]))
+            assert row["barrier_acc"] == pytest.approx(row["endpoint_acc"] - got["acc"])
+            assert row["ensemble_gap_loss"] == pytest.approx(got["loss"] - ens["loss"])
+    metrics, steps = study("merge_many").mlflow(tables)
+    assert metrics["barrier_acc.merge_many.full"] == by.loc[("merge_many", "full"), "barrier_acc"]
+    assert metrics["n_models"] == 2 and steps == []
+    png = study("merge_many").plot(tables, str(root / "merge.png"), "t")
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -235,3 +235,82 @@ def test_a_sweep_with_train_workers_fits_its_curves_on_ray_train(ray_ready, tmp_
     again = run_sweep(sweep, root=tmp_path, mlflow=False)
     assert (again.studies_run, again.studies_reused) == (0, 1)
     assert len(list((tmp_path / "tune").glob("curve-*"))) == 2  # no new fit
+
+
+def test_merge_many_units_land_once_equal_the_pair_path_at_n2_and_ste_pairs_run(
+    ray_ready, mlflow_root, capsys
+):
+    """Issue 12 at sweep level: 3 seeds give one pair (0, 1) and the N-tuples (0, 1) and
+    (0, 1, 2), so seed 2 trains only because a tuple names it. The pair trials run ``weight``
+    and ``ste`` (the matcher registry's third method); the N = 2 merge of the same seeds is
+    the pair path's midpoint: same accuracy and loss, unaligned and weight-aligned, plain and
+    repaired. A rerun computes and logs nothing new."""
+    from repair_dist.sweep.config import MergeManyConfig
+
+    sweep = Sweep(
+        name="merges-e2e",
+        dataset="digits",
+        archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
+        seeds=(0, 1, 2),
+        epochs=2,
+        data_limit=200,  # STE trains on the train split: a few steps per epoch
+        methods=("weight", "ste"),
+        variants=("full",),
+        alphas=3,
+        merge_many=MergeManyConfig(n_models=(2, 3), methods=("weight", "merge_many")),
+    )
+    root, uri = mlflow_root, default_tracking_uri(mlflow_root)
+    units = sweep.study_trials()
+    out = run_sweep(sweep, root=root)
+    assert (out.endpoints_trained, out.trials_run, out.studies_run) == (3, 2, 2)
+    assert {e.seed for e in sweep.endpoints()} == {0, 1, 2}
+
+    def check() -> None:
+        merges = results.read_table(root, "merges", sweep.name)
+        assert set(merges["trial_key"]) == {u.key() for u in units}
+        assert len(merges) == 2 * (1 + 2 * 2)  # naive, then (aligned, full) per method
+        assert not merges.duplicated(["trial_key", "method", "variant"]).any()
+        assert sorted(merges["seeds"].unique()) == ["0,1", "0,1,2"]
+        trials = results.read_table(root, "trials", sweep.name)
+        ste = trials[trials["method"] == "ste"]
+        assert sorted(ste["variant"]) == ["aligned", "full", "naive"]
+        assert ste[["acc_mid", "loss_mid", "barrier_loss_mid"]].notna().all().all()
+        weight = trials[trials["method"] == "weight"].set_index("variant")
+        pair = merges[merges["seeds"] == "0,1"].set_index("variant")
+        assert (weight["seed_a"] == 0).all() and (weight["seed_b"] == 1).all()
+        end_acc = (weight["acc_a"].iloc[0] + weight["acc_b"].iloc[0]) / 2
+        assert pair["endpoint_acc"].iloc[0] == pytest.approx(end_acc)
+        for variant, method in (("naive", "none"), ("aligned", "weight"), ("full", "weight")):
+            row = pair[pair["method"] == method].loc[variant]
+            assert row["acc"] == pytest.approx(weight.loc[variant, "acc_mid"], abs=1e-9)
+            assert row["loss"] == pytest.approx(weight.loc[variant, "loss_mid"], rel=1e-5)
+            assert row["barrier_acc"] == pytest.approx(
+                weight.loc[variant, "barrier_acc_mid"], abs=1e-9
+            )
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(sweep.name)
+        runs = [
+            r
+            for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("study") == "merge_many"
+        ]
+        assert sorted(r.data.tags["trial_key"] for r in runs) == sorted(u.key() for u in units)
+        for r in runs:
+            assert "barrier_acc.merge_many.full" in r.data.metrics
+            assert "ensemble_gap_acc.none.naive" in r.data.metrics
+        for unit in units:
+            png = root / "plots" / f"sweep={sweep.name}" / f"{unit.key()}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    check()
+    written = _mtimes(root, sweep.name, ("merges", "trials"))
+    again = run_sweep(sweep, root=root)
+    assert (again.endpoints_trained, again.trials_run, again.studies_run) == (0, 0, 0)
+    assert again.studies_reused == len(units)
+    assert _mtimes(root, sweep.name, ("merges", "trials")) == written
+    check()
+
+    capsys.readouterr()
+    assert cli_main(["results", sweep.name, "--root", str(root), "--table", "merges"]) == 0
+    shown = capsys.readouterr().out
+    assert "merge_many" in shown and "ensemble_gap_acc" in shown and "n_models" in shown

@@ -37,6 +37,7 @@ def test_every_script_is_covered():
         "curves_alignment",
         "prune_repair",
         "filter_collapse",
+        "merge_many",
     } <= set(SCRIPTS)
 
 
@@ -62,6 +63,16 @@ def test_smoke_sweeps_run_end_to_end(ray_ready, tmp_path, name):
     assert out.studies_run == len(sweep.study_trials())
     filters = results.read_table(tmp_path, "filters", sweep.name)
     assert set(filters["endpoint_key"]) == {ep.key() for ep in sweep.endpoints()}
+    # merge-many units: one row per (method, variant) and the unaligned average, each once
+    merged = results.read_table(tmp_path, "merges", sweep.name)
+    units = [u for u in sweep.study_trials() if u.study == "merge_many"]
+    assert set(merged["trial_key"]) == {u.key() for u in units}
+    for unit in units:
+        rows = merged[merged["trial_key"] == unit.key()]
+        methods, variants = unit.setting("methods"), unit.setting("variants")
+        assert len(rows) == 1 + len(methods) * (1 + len(variants))
+        assert (rows["n_models"] == len(unit.endpoints)).all()
+        assert rows[["acc", "barrier_acc", "ensemble_gap_acc"]].notna().all().all()
 
 
 @pytest.mark.timeout(240)

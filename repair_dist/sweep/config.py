@@ -31,7 +31,7 @@ from ..store import CheckpointStore, canonical_json
 from ..variants import ALWAYS_REPORTED, VARIANTS
 from .fields import suggest_unknown_fields
 from .results import TRIAL_ID_COLUMNS
-from .studies import STUDIES, CurveConfig, PruningConfig, StudySpec
+from .studies import STUDIES, CurveConfig, MergeManyConfig, PruningConfig, StudySpec
 
 
 class SweepConfigError(ValueError):
@@ -323,6 +323,8 @@ class Sweep:
     curve: CurveConfig | None = None
     #: Pruning with post-pruning repair (issue 11): one pruning unit per endpoint; None: off.
     pruning: PruningConfig | None = None
+    #: Merging N endpoints (issue 12): one unit per net and N-tuple of seeds; None: off.
+    merge_many: MergeManyConfig | None = None
 
     def __post_init__(self) -> None:
         for study in STUDIES.values():  # a mapping (YAML, JSON, a dict) becomes the config
@@ -370,13 +372,18 @@ class Sweep:
         )
 
     def endpoints(self) -> list[EndpointConfig]:
-        """Every net to train, deduplicated, in grid order (arch, width, depth, norm, seed)."""
+        """Every net to train, deduplicated, in grid order (arch, width, depth, norm, seed),
+        then the nets a study reads beyond the pairs (the seeds of merge-many N-tuples)."""
         seeds = list(dict.fromkeys(s for pair in self.seed_pairs() for s in pair))
         out: dict[EndpointConfig, None] = {}
         for arch in self.archs:
             for width, depth, norm in arch.combos():
                 for seed in seeds:
                     out[self._endpoint(arch.model, width, depth, norm, seed)] = None
+        for study in STUDIES.values():
+            config = getattr(self, study.field)
+            if config is not None:
+                out.update(dict.fromkeys(study.endpoints(config, self)))
         return list(out)
 
     def trials(self) -> list[TrialSpec]:
@@ -490,6 +497,7 @@ __all__ = [
     "ALWAYS_REPORTED",
     "ArchGrid",
     "CurveConfig",
+    "MergeManyConfig",
     "PruningConfig",
     "StudySpec",
     "EndpointConfig",

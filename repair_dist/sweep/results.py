@@ -1,7 +1,7 @@
 """Sweep results as Parquet tables (DESIGN.md §5): explicit schemas, one file per trial.
 
 Layout: ``<root>/<table>/sweep=<sweep>/<key>.parquet`` for the tables ``endpoints``,
-``trials``, ``curves``, ``layers``, ``pruning`` and ``filters``. ``root`` is a local path, any pyarrow URI
+``trials``, ``curves``, ``layers``, ``pruning``, ``filters`` and ``merges``. ``root`` is a local path, any pyarrow URI
 (``s3://...``, ``gs://...``) or a :class:`~repair_dist.location.Location`, which owns the layout. Each file is written under a temporary name starting with ``.``
 (which Parquet readers, pyarrow and DuckDB skip) and then renamed, so a rerun of a trial
 replaces its file and rows are never duplicated.
@@ -145,6 +145,32 @@ _COLUMNS: dict[str, list[tuple[str, pa.DataType, bool]]] = {
         ("gamma_abs_median", _F, True),
         *_id_columns(required=False),
         ("seed", _I, False),
+    ],
+    # The merge-many study (issue 12): one row per (unit, method, variant). Its own table: a
+    # ``trials`` row is keyed by a pair (endpoint_a/b, seed_a/b, alpha); an N-tuple is not.
+    # New in schema 2 files (no existing table changed, so no version bump).
+    "merges": [
+        ("trial_key", _S, True),
+        *_id_columns(required=True),
+        ("n_models", _I, True),
+        ("seeds", _S, True),  # "0,1,2": the tuple's seeds, net 0 first (the reference)
+        ("endpoints", _S, True),  # their endpoint keys, comma-joined, same order
+        ("method", _S, True),  # weight | activation | merge_many | none (naive)
+        ("variant", _S, True),  # naive | aligned | REPAIR variant
+        ("acc", _F, True),  # the merged net, test split
+        ("loss", _F, True),
+        ("train_acc", _F, False),
+        ("train_loss", _F, False),
+        ("endpoint_acc", _F, True),  # mean over the N endpoints, test split
+        ("endpoint_loss", _F, True),
+        ("ensemble_acc", _F, True),  # output-averaged ensemble of the N, test split
+        ("ensemble_loss", _F, True),
+        ("barrier_acc", _F, True),  # endpoint_acc - acc
+        ("barrier_loss", _F, True),  # loss - endpoint_loss
+        ("ensemble_gap_acc", _F, True),  # ensemble_acc - acc
+        ("ensemble_gap_loss", _F, True),  # loss - ensemble_loss
+        ("seconds", _F, True),  # alignment + interpolation + REPAIR (evaluation excluded)
+        ("residual", _S, False),
     ],
 }
 

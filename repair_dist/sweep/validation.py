@@ -260,11 +260,20 @@ def _check_seeds(problems: list[str], sweep: Sweep) -> None:
         return
     if len(set(seeds)) != len(seeds):
         problems.append(f"seeds: listed twice: {sorted({s for s in seeds if seeds.count(s) > 1})}")
-    if len(seeds) % 2:
+    if len(seeds) % 2 and not _used_by_studies(sweep, seeds[-1]):
         problems.append(
             f"seeds: an odd count ({len(seeds)}) leaves seed {seeds[-1]} unpaired (seeds pair "
             "up consecutively); add a seed, drop one, or list pairs explicitly"
         )
+
+
+def _used_by_studies(sweep: Sweep, seed: object) -> bool:
+    """Whether a study reads the net of ``seed`` beyond the pairs (a merge-many N-tuple)."""
+    for st in STUDIES.values():
+        config = getattr(sweep, st.field, None)
+        if config is not None and any(ep.seed == seed for ep in st.endpoints(config, sweep)):
+            return True
+    return False
 
 
 def _check_alphas(problems: list[str], alphas: object) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from .base import Study, StudyConfig, StudyInputs, StudySpec
 from .curve import CurveConfig, CurveStudy
+from .many import MergeManyConfig, MergeManyStudy
 from .prune import PruneStudy, PruningConfig
 
 #: Registry name -> study, in the order the runner schedules their units.
-STUDIES: dict[str, Study] = {s.name: s for s in (CurveStudy(), PruneStudy())}
+STUDIES: dict[str, Study] = {s.name: s for s in (CurveStudy(), PruneStudy(), MergeManyStudy())}
 
 
 def study(name: str) -> Study:
@@ -25,6 +26,7 @@ def study(name: str) -> Study:
 __all__ = [
     "STUDIES",
     "CurveConfig",
+    "MergeManyConfig",
     "PruningConfig",
     "Study",
     "StudyConfig",

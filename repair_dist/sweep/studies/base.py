@@ -12,6 +12,8 @@ of one endpoint, later merging many -- is a :class:`Study` in the registry of
 * :meth:`Study.specs`: the stage-2 units it adds (a :class:`StudySpec` each: which endpoints,
   which settings; the key is a hash of both, so a rerun finds finished work);
 * :meth:`Study.run`: the compute (a library call), returning its rows per results table;
+* :meth:`Study.endpoints`: nets it reads beyond the sweep's pairs (merging N seeds), which
+  stage 1 then trains like any endpoint;
 * ``tables``: the tables it writes, in order; the last one's file marks a finished unit;
 * :meth:`Study.plot` and :meth:`Study.mlflow`: its figure and its MLflow metrics, both drawn
   from the Parquet rows it wrote (plots read tables, never live objects).
@@ -219,6 +221,12 @@ class Study(ABC):
     @abstractmethod
     def plot(self, frames: Mapping[str, pd.DataFrame], path: str, title: str) -> str:
         """Draw the unit's figure from its rows; returns the PNG path."""
+
+    def endpoints(self, config: Any, sweep: Sweep) -> list[EndpointConfig]:
+        """Endpoints this study needs beyond the sweep's pairs (stage 1 trains them too);
+        [] for studies that read only the pairs' nets."""
+        del config, sweep
+        return []
 
     @abstractmethod
     def mlflow(
