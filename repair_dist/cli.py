@@ -137,11 +137,12 @@ def _print_outcome(outcome: Any) -> None:
         )
     tables = ",".join(TABLES)
     print(f"\nParquet tables: {root}/{{{tables}}}/sweep={outcome.sweep}/")
-    print(f"Plots per trial: {root}/plots/sweep={outcome.sweep}/")
+    if "://" not in str(root) and Path(root, "figures", f"sweep={outcome.sweep}").is_dir():
+        print(f"Figures: {root}/figures/sweep={outcome.sweep}/")
     if outcome.tracking_uri:
         print(f"MLflow: {outcome.tracking_uri}  (browse: repair-dist ui --root {root})")
     print(f"Query:  repair-dist results {outcome.sweep} --root {root} --group-by model method")
-    print(f"Sweep plots: repair-dist plot {outcome.sweep} --root {root} --out {root}/figures")
+    print(f"Per-trial plots: repair-dist plot {outcome.sweep} --root {root} --units")
 
 
 def _run(sweep: Any, args: argparse.Namespace) -> int:
@@ -319,13 +320,20 @@ def _show_table(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """Sweep-level barrier figures; with ``--units``, each trial's or study unit's figure."""
     from .sweep import results
-    from .sweep.plots import plot_sweep
+    from .sweep.figures import sweep_figures, unit_figures
 
-    trials = results.read_table(args.root, "trials", args.sweep)
-    if trials.empty:
+    if results.read_table(args.root, "trials", args.sweep, columns=["trial_key"]).empty:
         raise UsageError(f"no trials for sweep {args.sweep!r} under {args.root!r}")
-    for path in plot_sweep(trials, args.out):
+    try:
+        paths = sweep_figures(args.root, args.sweep, args.out)
+        if args.units is not None:
+            out = None if args.out is None else Path(args.out, "units")
+            paths += unit_figures(args.root, args.sweep, out, args.units or None)
+    except ValueError as err:  # a remote root without --out, an unknown unit key
+        raise UsageError(str(err)) from None
+    for path in paths:
         print(path)
     return 0
 
@@ -534,10 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duckdb", action="store_true", help="print an equivalent DuckDB query")
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("plot", help="sweep-level barrier plots")
+    p = sub.add_parser("plot", help="a sweep's barrier figures; --units: per-trial figures")
     p.add_argument("sweep")
     p.add_argument("--root", default=DEFAULT_ROOT)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="directory of the figures (default <root>/figures/sweep=SWEEP)")
+    p.add_argument(
+        "--units",
+        nargs="*",
+        metavar="KEY",
+        help="also draw each trial's and study unit's figure (or those of the given keys), "
+        "into <root>/plots/sweep=SWEEP (or OUT/units)",
+    )
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the local store")

@@ -1,5 +1,5 @@
-"""A run backfilled by ``sync-mlflow`` is the run the live sweep made: params, metrics, tags,
-artifacts; its parent run is closed; a backfill never races a running sweep."""
+"""A run backfilled by ``sync-mlflow`` is the run the live sweep made: params, metrics, tags
+(including where its rows live); its parent run is closed; a backfill never races a running sweep."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from test_sweep_e2e import tiny_sweep
 import repair_dist as rd
 from repair_dist.store import CheckpointStore
 from repair_dist.sweep.lock import SweepLock, SweepLocked
-from repair_dist.sweep.runner import log_trial_to_mlflow
+from repair_dist.sweep.publish import log_trial_to_mlflow
 from repair_dist.sweep.tracking import PARENT_TAG, Tracker, sync_from_parquet
 from repair_dist.sweep.trainables import run_merge_trial
 
@@ -74,7 +74,11 @@ def test_a_backfilled_run_equals_the_live_run_and_its_parent_is_closed(tmp_path,
     assert tags_a.pop("mlflow.parentRunId") == parent_a.info.run_id
     assert tags_b.pop("mlflow.parentRunId") == parent_b.info.run_id
     assert tags_a == tags_b and tags_a["mlflow.runName"] == spec.run_name()
-    assert _artifacts(live_uri, a) == _artifacts(backfill_uri, b) != []
+    # rows by reference, not copies: the run names where they live
+    assert _artifacts(live_uri, a) == _artifacts(backfill_uri, b) == []
+    assert (
+        tags_a["results.root"] == str(root) and tags_a["results.tables"] == "trials,curves,layers"
+    )
     assert a.info.status == b.info.status == "FINISHED"
     assert parent_a.info.status == parent_b.info.status == "FINISHED"
     assert sync_from_parquet(root, backfill_uri, sweep.name) == 0  # idempotent

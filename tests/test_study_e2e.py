@@ -15,6 +15,7 @@ from repair_dist.cli import main as cli_main
 from repair_dist.store import CheckpointStore
 from repair_dist.sweep import results
 from repair_dist.sweep.config import ArchGrid, CurveConfig, PruningConfig, Sweep
+from repair_dist.sweep.figures import unit_figures
 from repair_dist.sweep.runner import run_sweep
 from repair_dist.sweep.studies import curve as curve_study
 from repair_dist.sweep.tracking import default_tracking_uri, sync_from_parquet
@@ -80,6 +81,7 @@ def _assert_each_unit_once(root: Path, sweep: Sweep, uri: str) -> None:
     assert "curve_seconds.curve-naive" in curve_run.data.metrics
     prune_run = by_key[prune_units[0].key()]
     assert "test_acc.global_l1.repaired-full.s0.9" in prune_run.data.metrics
+    unit_figures(root, sweep.name)  # drawn on demand, from the rows (compacted or not)
     for key in {*curve_keys, *(u.key() for u in prune_units)}:
         png = root / "plots" / f"sweep={sweep.name}" / f"{key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

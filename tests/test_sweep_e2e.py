@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -17,6 +18,7 @@ from repair_dist.cli import main as cli_main
 from repair_dist.location import Location
 from repair_dist.sweep import results
 from repair_dist.sweep.config import ArchGrid, Sweep
+from repair_dist.sweep.figures import unit_figures
 from repair_dist.sweep.runner import run_sweep
 from repair_dist.sweep.tracking import default_tracking_uri, sync_from_parquet
 
@@ -71,6 +73,11 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
     assert {"naive", "aligned", "full"} <= set(layers["variant"]) and (
         layers["std_ratio"] > 0
     ).all()
+    figures = list((tmp_path / "figures" / f"sweep={sweep.name}").glob("*.png"))
+    assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert not (tmp_path / "plots").exists()  # per-trial figures are drawn on demand
+    drawn = unit_figures(root, sweep.name)
+    assert sorted(Path(p).stem for p in drawn) == sorted(t.key() for t in sweep.trials())
     for key in (t.key() for t in sweep.trials()):
         png = tmp_path / "plots" / f"sweep={sweep.name}" / f"{key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -134,13 +141,20 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating_work(ray_ready, 
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
     proc.wait(timeout=30)
-    finished = {p.name: p.stat().st_mtime_ns for p in trials_dir.glob("*.parquet")}
-    assert 1 <= len(finished) < 4, f"kill should land mid-sweep, found {len(finished)} trials"
+    finished = results.read_table(root, "trials", "resume")
+    n_finished = finished["trial_key"].nunique()
+    assert 1 <= n_finished < 4, f"kill should land mid-sweep, found {n_finished} trials"
 
     out = run_sweep(sweep, root=root)
-    assert out.endpoints_trained == 0 and out.trials_run == 4 - len(finished)
-    for name, mtime in finished.items():  # finished trials were not recomputed
-        assert (trials_dir / name).stat().st_mtime_ns == mtime
+    assert out.endpoints_trained == 0 and out.trials_run == 4 - n_finished
+    after = results.read_table(root, "trials", "resume")
+    kept = after[after["trial_key"].isin(finished["trial_key"])]
+    order = ["trial_key", "variant"]  # finished trials were not recomputed (their seconds too)
+    pd.testing.assert_frame_equal(
+        finished.sort_values(order).reset_index(drop=True),
+        kept.sort_values(order).reset_index(drop=True),
+    )
+    assert len(list(trials_dir.glob("*.parquet"))) == 1  # compacted when the sweep ended
     assert_each_trial_once(root, sweep, default_tracking_uri(root))
 
 
@@ -169,6 +183,7 @@ def test_cli_reports_a_missing_script_and_an_empty_results_root(tmp_path, capsys
 
 REGISTER_SCRIPT = """
 from repair_dist.sweep.config import ArchGrid, Sweep
+from repair_dist.sweep.figures import unit_figures
 def build_sweep(smoke=False):
     return Sweep(name="registered", dataset="digits", archs=(ArchGrid("mlp", widths=(16,), depths=(3,)),),
                  seeds=(0, 1), epochs=2, methods=("activation",), variants=("full",), alphas=3)

@@ -6,9 +6,16 @@ schedules only the rest. Rerunning the same command after Ctrl+C, a killed drive
 node therefore retrains nothing, recomputes no finished trial and writes no duplicate row; the
 MLflow child runs are found again by their ``trial_key`` tag, so none is duplicated either.
 
-MLflow is written by this driver only (from each finished trial's Parquet files), so worker
+MLflow is written by this driver only (from each finished trial's Parquet rows), so worker
 nodes need no route to the tracking server and an unreachable server loses nothing: the
 Parquet tables are the record and ``repair-dist sync-mlflow`` backfills MLflow later.
+
+The driver stays off the critical path at thousands of trials: what is left to do is decided
+from the store and the tables *before* Ray starts (a finished sweep reruns in about a second,
+without Ray); the sweep is validated once; each finished trial costs the driver Tune's own
+bookkeeping plus three MLflow calls on a background thread (:mod:`.publish`); figures are drawn
+once per sweep (:mod:`.figures`); and the sweep's tables are compacted when it ends
+(:mod:`.compaction`), so reading them later opens a few files, not one per trial.
 """
 
 from __future__ import annotations
@@ -16,9 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,43 +31,40 @@ from typing import Any
 
 import pandas as pd
 
-# Quiet Tune: our own progress lines instead of its tables.
-# Must be set before Tune is imported.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-from ray import tune  # noqa: E402
-
-from ..distributed import ensure_ray, init_local_ray, release_cached_pools  # noqa: E402
-from ..location import Location  # noqa: E402
-from ..storage import (  # noqa: E402
+from ..distributed import ensure_ray, init_local_ray, release_cached_pools
+from ..location import Location
+from ..storage import (
     StorageError,
     as_storage_error,
     disk_full,
     is_storage_error,
 )
-from ..store import CheckpointStore, CorruptCheckpoint  # noqa: E402
-from . import results  # noqa: E402
-from .config import EndpointConfig, Sweep, TrialSpec  # noqa: E402
-from .lock import SweepLock  # noqa: E402
-from .preflight import local_resources, preflight  # noqa: E402
-from .studies import StudySpec, study  # noqa: E402
-from .tracking import (  # noqa: E402
+from ..store import CheckpointStore, CorruptCheckpoint
+from . import results
+from .compaction import compact_sweep
+from .config import EndpointConfig, Sweep, TrialSpec
+from .lock import SweepLock
+from .preflight import local_resources, preflight
+from .publish import TrialPublisher
+from .studies import StudySpec, study
+from .tracking import (
     Tracker,
     TrackingUnavailable,
     default_tracking_uri,
+    mark_mlflow_synced,
+    mlflow_synced,
     sync_from_parquet,
-    trial_artifacts,
 )
-from .trainables import (  # noqa: E402
+from .trainables import (
     endpoint_filters,
     endpoint_trainable,
     merge_trainable,
     study_trainable,
     train_endpoint,
-    trial_from_dict,
     trial_to_dict,
     write_endpoint_rows,
 )
-from .validation import validate_sweep  # noqa: E402
+from .tune_setup import tune
 
 log = logging.getLogger(__name__)
 
@@ -160,179 +162,59 @@ class Progress(tune.Callback):
         self._line()
 
 
-class TrialPublisher(tune.Callback):
-    """Plots and logs each finished stage-2 trial from its Parquet files, off the critical path.
-
-    A driver-side background thread does the work, so Tune schedules the next trial at once
-    and worker nodes need neither matplotlib output paths nor a route to MLflow. An
-    unreachable MLflow is recorded in ``problems``; Parquet stays the record.
-    """
-
-    def __init__(self, tracker: Tracker | None, root: Location) -> None:
-        self.tracker, self.root = tracker, root
-        self.problems: list[str] = []
-        self._queue: queue.Queue | None = None
-        self._thread: threading.Thread | None = None
-
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks
-        return {**self.__dict__, "_queue": None, "_thread": None}
-
-    def publish(self, spec: TrialSpec | StudySpec) -> None:
-        if isinstance(spec, StudySpec):
-            self._publish_study(spec)
-            return
-        try:
-            plot_trial(self.root, spec)
-        except Exception as err:  # a figure must never fail a sweep
-            log.warning("plot of trial %s failed: %s", spec.key(), err)
-        if self.tracker is None:
-            return
-        try:
-            log_trial_to_mlflow(self.tracker, self.root, spec)
-        except TrackingUnavailable as err:
-            if not self.problems:  # once: the sweep's summary repeats it with the count
-                log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
-            self.problems.append(str(err))
-
-    def _publish_study(self, spec: StudySpec) -> None:
-        try:
-            plot_study(self.root, spec)
-        except Exception as err:  # a figure must never fail a sweep
-            log.warning("plot of %s unit %s failed: %s", spec.study, spec.key(), err)
-        if self.tracker is None:
-            return
-        try:
-            log_study_to_mlflow(self.tracker, self.root, spec)
-        except TrackingUnavailable as err:
-            if not self.problems:  # once: the sweep's summary repeats it with the count
-                log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
-            self.problems.append(str(err))
-
-    def _work(self) -> None:
-        assert self._queue is not None
-        while (spec := self._queue.get()) is not None:
-            self.publish(spec)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-        if self._thread is None:
-            self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
-            self._thread.start()
-        config = trial.config
-        if "study" in config:
-            self._queue.put(StudySpec.from_dict(config["study"]))
-        else:
-            self._queue.put(trial_from_dict(config["trial"]))
-
-    def drain(self) -> None:
-        """Wait until every queued trial is plotted and logged."""
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-        self._thread = self._queue = None
-
-
 RootLike = str | os.PathLike | Location
 
 
-def _trial_frame(root: RootLike, table: str, spec: TrialSpec) -> pd.DataFrame:
-    """One trial's rows of a table: reads its own file only (not the whole sweep's table)."""
-    import pyarrow.parquet as pq
-
-    root = Location.of(root)
-    path = root.table_file(table, spec.sweep, spec.key())
-    return pq.read_table(path, filesystem=root.fs).to_pandas()
-
-
-def plot_trial(root: RootLike, spec: TrialSpec) -> str | None:
-    """The trial's loss/acc-vs-alpha PNG beside the tables (local roots; else no file)."""
-    root = Location.of(root)
-    if not root.local:
-        return None
-    from .plots import plot_trial_curves
-
-    path = root.plot_file(spec.sweep, spec.key())
-    if not os.path.exists(path):
-        curves = _trial_frame(root, "curves", spec)
-        plot_trial_curves(curves, path, title=f"{spec.sweep}: {spec.run_name()}")
-    return path
-
-
-def log_trial_to_mlflow(tracker: Tracker, root: RootLike, spec: TrialSpec) -> str:
-    root = Location.of(root)
-    rows = _trial_frame(root, "trials", spec)
-    curves = _trial_frame(root, "curves", spec)
-    artifacts = trial_artifacts(root, spec.sweep, spec.key())
-    key = spec.key()
-    return tracker.log_trial(key, spec.params(), rows, curves, artifacts, run_name=spec.run_name())
-
-
-def _study_frames(root: RootLike, spec: StudySpec) -> dict[str, pd.DataFrame]:
-    """One study unit's rows of every table it writes (its own files only)."""
-    import pyarrow.parquet as pq
-
-    loc = Location.of(root)
-    frames = {}
-    for table in study(spec.study).tables:
-        path = loc.table_file(table, spec.sweep, spec.key())
-        frames[table] = pq.read_table(path, filesystem=loc.fs).to_pandas()
-    return frames
-
-
-def plot_study(root: RootLike, spec: StudySpec) -> str | None:
-    """The unit's figure beside the tables (local roots; else no file)."""
-    root = Location.of(root)
-    if not root.local:
-        return None
-    path = root.plot_file(spec.sweep, spec.key())
-    if not os.path.exists(path):
-        title = f"{spec.sweep}: {spec.run_name()}"
-        study(spec.study).plot(_study_frames(root, spec), path, title)
-    return path
-
-
-def study_artifacts(root: RootLike, spec: StudySpec) -> list[str]:
-    """A unit's files for its MLflow run: its Parquet files and its plot (local roots)."""
-    loc = Location.of(root)
-    if not loc.local:
-        return []
-    paths = [loc.table_file(t, spec.sweep, spec.key()) for t in study(spec.study).tables]
-    return [p for p in [*paths, loc.plot_file(spec.sweep, spec.key())] if os.path.isfile(p)]
-
-
-def log_study_to_mlflow(tracker: Tracker, root: RootLike, spec: StudySpec) -> str:
-    """The unit's child run (tag ``trial_key``, like a merge trial's; tag ``study``)."""
-    metrics, steps = study(spec.study).mlflow(_study_frames(root, spec))
-    run_id, _ = tracker._log_child(
-        "trial_key",
-        spec.key(),
-        spec.params(),
-        metrics,
-        steps,
-        study_artifacts(root, spec),
-        spec.run_name(),
-        {"study": spec.study},
-    )
-    return run_id
-
-
 def finished_studies(root: RootLike, specs: Sequence[StudySpec]) -> set[str]:
-    """Keys of the units whose last table file exists (written last, so it marks them done)."""
-    import pyarrow.fs as pafs
-
+    """Keys of the units with rows in their study's last table (written last: marks done)."""
     loc = Location.of(root)
-    done = set()
+    done: set[str] = set()
+    by_table: dict[tuple[str, str], set[str]] = {}
     for spec in specs:
-        path = loc.table_file(study(spec.study).tables[-1], spec.sweep, spec.key())
-        if loc.fs.get_file_info(path).type == pafs.FileType.File:
+        where = (study(spec.study).tables[-1], spec.sweep)
+        if where not in by_table:
+            by_table[where] = results.unit_keys(loc, *where)
+        if spec.key() in by_table[where]:
             done.add(spec.key())
     return done
 
 
 def finished_trials(root: RootLike, sweep: str) -> set[str]:
-    """Trial keys with a ``trials`` file (written last by a trial, so it marks completion)."""
-    done = results.read_table(root, "trials", sweep, columns=["trial_key"])
-    return set(done["trial_key"].astype(str))
+    """Trial keys with ``trials`` rows (written last by a trial, so they mark completion)."""
+    return results.unit_keys(root, "trials", sweep)
+
+
+@dataclass
+class Plan:
+    """What is left of a sweep, decided from the store and the tables before Ray starts."""
+
+    endpoints: list[EndpointConfig]
+    train: list[EndpointConfig]
+    trials: list[TrialSpec]
+    pending: list[TrialSpec]
+    units: list[StudySpec]
+    units_pending: list[StudySpec]
+
+    @property
+    def needs_ray(self) -> bool:
+        return bool(self.train or self.pending or self.units_pending)
+
+
+def plan_sweep(sweep: Sweep, loc: Location, ckpts: CheckpointStore) -> Plan:
+    """What is left to do: endpoints to train, trials and study units without rows."""
+    endpoints = sweep.endpoints()
+    trials = sweep.trials()
+    done = finished_trials(loc, sweep.name)
+    units = sweep.study_trials()
+    units_done = finished_studies(loc, units)
+    return Plan(
+        endpoints=endpoints,
+        train=[ep for ep in endpoints if not ckpts.has(ep.key())],
+        trials=trials,
+        pending=[t for t in trials if t.key() not in done],
+        units=units,
+        units_pending=[u for u in units if u.key() not in units_done],
+    )
 
 
 def _ray_up(address: str | None) -> None:
@@ -413,7 +295,8 @@ def run_sweep(
     joining = bool(address or os.environ.get("RAY_ADDRESS"))
     if joining:  # a cluster's resources are known once joined (joining starts nothing)
         _ray_up(address)
-    # One phase: the sweep, its GPUs/CPUs, the root, the store and MLflow; one message.
+    # One phase, the only validation: the sweep, its GPUs/CPUs, the root, the store and
+    # MLflow; one message. A local Ray started later gets the resources checked here.
     checked = preflight(
         sweep, root, store, tracking_uri, cluster_resources=_resources_before_ray(joining)
     )
@@ -464,78 +347,24 @@ def _run_locked(
     started: float,
 ) -> SweepOutcome:
     """The body of :func:`run_sweep`, run while this process holds the sweep's lock."""
-    import ray
-
-    if not ray.is_initialized():
-        _ray_up(address)
-    # Pools this process cached for earlier sharded passes (a notebook's workers=N) are idle
-    # now; left alive they hold the CPUs/GPUs the sweep's trials wait for, forever.
-    release_cached_pools()
-
-    validate_sweep(sweep, cluster_resources=ray.cluster_resources())
-
-    # ---- stage 1: endpoints ----------------------------------------------------------------
-    endpoints = sweep.endpoints()
-    todo = [ep for ep in endpoints if not ckpts.has(ep.key())]
-    rows = results.read_table(loc, "endpoints", sweep.name, columns=["endpoint_key"])
-    written = set(rows["endpoint_key"].astype(str))
-    train_cpus = max(1.0, sweep.cpus_per_worker)
-    failed: list[BaseException] = []  # errors of trials that never succeeded
-    if todo:
-        _say(f"[{sweep.name}] stage 1: training {len(todo)} of {len(endpoints)} endpoints")
-        fn = tune.with_parameters(
-            endpoint_trainable,
-            sweep=sweep.name,
-            store=ckpts,
-            root=loc,
-            data_root=sweep.data_root,
-            cpus=train_cpus,
-            worker_cpus=sweep.cpus_per_worker,
-            worker_gpus=sweep.gpus_per_worker,
-        )
-        # Data-parallel recipes: the trial only coordinates; Ray Train asks for the workers.
-        if sweep.train_workers > 1:
-            stage1 = {"cpu": 0.5, "gpu": 0}
-        else:
-            stage1 = {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}
-        failed += _fit(
-            fn,
-            f"{sweep.name}-endpoints",
-            "endpoint",
-            [asdict(ep) for ep in todo],
-            stage1,
-            root=loc,
-            callbacks=[Progress("endpoints", len(todo))],
-            sweep=sweep,
-            verbose=verbose,
-            max_failures=max_failures,
-        )
-    missing = [ep.key() for ep in endpoints if not ckpts.has(ep.key())]
-    if missing:
-        _raise_if_corrupt(ckpts, endpoints)  # the cause, as the last line, not "rerun"
-        _raise_if_storage(failed)
-        raise SweepIncomplete(
-            f"sweep {sweep.name!r}: {len(missing)} of {len(endpoints)} endpoints did not train "
-            f"(interrupted or failed; see {loc.tune}). Rerun the same command to resume."
-        )
-    rows = results.read_table(loc, "filters", sweep.name, columns=["endpoint_key"])
-    with_filters = set(rows["endpoint_key"].astype(str))
-    for ep in endpoints:  # endpoints trained by another sweep still get this sweep's row
-        if ep.key() not in written:
-            row = train_endpoint(ep, ckpts, sweep.data_root)
-            write_endpoint_rows(loc, sweep.name, ep, row, ckpts, sweep.data_root)
-        elif ep.key() not in with_filters:  # recorded before the filters table existed
-            filters = endpoint_filters(ep, ckpts, sweep.data_root)
-            results.write_rows(loc, "filters", sweep.name, ep.key(), filters)
-
-    # ---- stage 2: merge trials --------------------------------------------------------------
-    trials = sweep.trials()
-    done = finished_trials(loc, sweep.name)
-    pending = [t for t in trials if t.key() not in done]
-    tracker = Tracker(tracking_uri, sweep.name) if tracking_uri else None
+    plan = plan_sweep(sweep, loc, ckpts)
+    tracker = Tracker(tracking_uri, sweep.name, exclusive=True) if tracking_uri else None
     publisher = TrialPublisher(tracker, loc)
-    if pending:
-        _say(f"[{sweep.name}] stage 2: {len(pending)} of {len(trials)} merge trials to run")
+    failed: list[BaseException] = []  # errors of trials that never succeeded
+    if plan.needs_ray:
+        import ray
+
+        if not ray.is_initialized():
+            _ray_up(address)
+        # Pools this process cached for earlier sharded passes (a notebook's workers=N) are
+        # idle now; left alive they hold the CPUs/GPUs the sweep's trials wait for, forever.
+        release_cached_pools()
+        failed += _train_endpoints(sweep, plan, loc, ckpts, verbose, max_failures)
+    _record_endpoints(sweep, plan, loc, ckpts)
+    if plan.pending:
+        _say(
+            f"[{sweep.name}] stage 2: {len(plan.pending)} of {len(plan.trials)} merge trials to run"
+        )
         fn = tune.with_parameters(
             merge_trainable,
             store=ckpts,
@@ -548,22 +377,16 @@ def _run_locked(
             fn,
             f"{sweep.name}-trials",
             "trial",
-            [trial_to_dict(t) for t in pending],
+            [trial_to_dict(t) for t in plan.pending],
             _trial_resources(sweep),
             root=loc,
-            callbacks=[Progress("trials", len(pending)), publisher],
+            callbacks=[Progress("trials", len(plan.pending)), publisher],
             sweep=sweep,
             verbose=verbose,
             max_failures=max_failures,
         )
-    publisher.drain()
-
-    # ---- stage 2, studies: curves, pruning, ... (one unit each, like a merge trial) -----------
-    units = sweep.study_trials()
-    units_done = finished_studies(loc, units)
-    units_pending = [u for u in units if u.key() not in units_done]
-    if units_pending:
-        _say(f"[{sweep.name}] studies: {len(units_pending)} of {len(units)} units to run")
+    if plan.units_pending:
+        _say(f"[{sweep.name}] studies: {len(plan.units_pending)} of {len(plan.units)} units to run")
         fn = tune.with_parameters(
             study_trainable,
             store=ckpts,
@@ -579,40 +402,35 @@ def _run_locked(
             fn,
             f"{sweep.name}-studies",
             "study",
-            [u.to_dict() for u in units_pending],
+            [u.to_dict() for u in plan.units_pending],
             _trial_resources(sweep),
             root=loc,
-            callbacks=[Progress("studies", len(units_pending)), publisher],
+            callbacks=[Progress("studies", len(plan.units_pending)), publisher],
             sweep=sweep,
             verbose=verbose,
             max_failures=max_failures,
         )
     publisher.drain()
-    units_done = finished_studies(loc, units)
-    units_unfinished = [u for u in units if u.key() not in units_done]
-    _catch_up_studies(loc, [u for u in units if u.key() in units_done], tracker, publisher)
 
     done = finished_trials(loc, sweep.name)
-    unfinished = [t for t in trials if t.key() not in done]
-    for spec in trials:  # finished by an earlier, interrupted run: plot what is missing
-        if spec.key() in done:
-            try:
-                plot_trial(loc, spec)
-            except Exception as err:  # a figure must never fail a sweep
-                log.warning("plot of trial %s failed: %s", spec.key(), err)
-    # MLflow: anything finished but not logged (earlier interrupted runs, server down) now.
+    unfinished = [t for t in plan.trials if t.key() not in done]
+    units_done = finished_studies(loc, plan.units)
+    units_unfinished = [u for u in plan.units if u.key() not in units_done]
+    ran = bool(plan.train or plan.pending or plan.units_pending)
+    if ran or _has_unit_files(loc, sweep.name):
+        compact_sweep(loc, sweep.name)  # a few files per table instead of one per trial
+    if ran and loc.local:
+        _draw_sweep_figures(loc, sweep.name, tracker, publisher)
     if tracker is not None:
-        try:
-            sync_from_parquet(loc, tracking_uri, sweep.name, lock=False, close_parent=False)
-            # the parent run's status
-            tracker.finish("FAILED" if unfinished or units_unfinished else "FINISHED")
-        except TrackingUnavailable as err:
-            publisher.problems.append(str(err))
+        finished = {t.key() for t in plan.trials if t.key() in done}
+        finished |= {u.key() for u in plan.units if u.key() in units_done}
+        status = "FAILED" if unfinished or units_unfinished else "FINISHED"
+        _catch_up_mlflow(loc, tracker, sweep.name, finished, status, publisher, ran)
     if unfinished or units_unfinished:
         _raise_if_corrupt(ckpts, [ep for t in unfinished for ep in (t.a, t.b)])
         _raise_if_corrupt(ckpts, [ep for u in units_unfinished for ep in u.endpoints])
         _raise_if_storage(failed)
-        everything = [*trials, *units]
+        everything = [*plan.trials, *plan.units]
         names = ", ".join(t.run_name() for t in [*unfinished, *units_unfinished][:5])
         n_unfinished = len(unfinished) + len(units_unfinished)
         raise SweepIncomplete(
@@ -625,37 +443,131 @@ def _run_locked(
         sweep=sweep.name,
         root=loc.uri,
         tracking_uri=tracking_uri,
-        endpoints_trained=len(todo),
-        endpoints_reused=len(endpoints) - len(todo),
-        trials_run=len(pending),
-        trials_reused=len(trials) - len(pending),
+        endpoints_trained=len(plan.train),
+        endpoints_reused=len(plan.endpoints) - len(plan.train),
+        trials_run=len(plan.pending),
+        trials_reused=len(plan.trials) - len(plan.pending),
         seconds=time.monotonic() - started,
-        studies_run=len(units_pending),
-        studies_reused=len(units) - len(units_pending),
+        studies_run=len(plan.units_pending),
+        studies_reused=len(plan.units) - len(plan.units_pending),
         summary=results.summarize(table) if not table.empty else table,
         mlflow_problems=publisher.problems,
     )
 
 
-def _catch_up_studies(
-    loc: Location, finished: Sequence[StudySpec], tracker: Tracker | None, publisher: TrialPublisher
+def _train_endpoints(
+    sweep: Sweep,
+    plan: Plan,
+    loc: Location,
+    ckpts: CheckpointStore,
+    verbose: int,
+    max_failures: int,
+) -> list[BaseException]:
+    """Stage 1: train the endpoints the store lacks, one Tune trial each."""
+    if not plan.train:
+        return []
+    train_cpus = max(1.0, sweep.cpus_per_worker)
+    _say(f"[{sweep.name}] stage 1: training {len(plan.train)} of {len(plan.endpoints)} endpoints")
+    fn = tune.with_parameters(
+        endpoint_trainable,
+        sweep=sweep.name,
+        store=ckpts,
+        root=loc,
+        data_root=sweep.data_root,
+        cpus=train_cpus,
+        worker_cpus=sweep.cpus_per_worker,
+        worker_gpus=sweep.gpus_per_worker,
+    )
+    # Data-parallel recipes: the trial only coordinates; Ray Train asks for the workers.
+    if sweep.train_workers > 1:
+        stage1 = {"cpu": 0.5, "gpu": 0}
+    else:
+        stage1 = {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}
+    failed = _fit(
+        fn,
+        f"{sweep.name}-endpoints",
+        "endpoint",
+        [asdict(ep) for ep in plan.train],
+        stage1,
+        root=loc,
+        callbacks=[Progress("endpoints", len(plan.train))],
+        sweep=sweep,
+        verbose=verbose,
+        max_failures=max_failures,
+    )
+    missing = [ep.key() for ep in plan.endpoints if not ckpts.has(ep.key())]
+    if missing:
+        _raise_if_corrupt(ckpts, plan.endpoints)  # the cause, as the last line, not "rerun"
+        _raise_if_storage(failed)
+        raise SweepIncomplete(
+            f"sweep {sweep.name!r}: {len(missing)} of {len(plan.endpoints)} endpoints did not "
+            f"train (interrupted or failed; see {loc.tune}). Rerun the same command to resume."
+        )
+    return failed
+
+
+def _record_endpoints(sweep: Sweep, plan: Plan, loc: Location, ckpts: CheckpointStore) -> None:
+    """Endpoint rows this sweep lacks: endpoints trained by another sweep still get this
+    sweep's ``endpoints`` row, and ones recorded before the ``filters`` table its rows."""
+    written = results.unit_keys(loc, "endpoints", sweep.name)
+    with_filters = results.unit_keys(loc, "filters", sweep.name)
+    for ep in plan.endpoints:
+        if ep.key() not in written:
+            row = train_endpoint(ep, ckpts, sweep.data_root)
+            write_endpoint_rows(loc, sweep.name, ep, row, ckpts, sweep.data_root)
+        elif ep.key() not in with_filters:
+            filters = endpoint_filters(ep, ckpts, sweep.data_root)
+            results.write_rows(loc, "filters", sweep.name, ep.key(), filters)
+
+
+def _has_unit_files(loc: Location, sweep: str) -> bool:
+    """True if any table of ``sweep`` still has one-unit files (an interrupted run's)."""
+    return any(p.units for t in results.TABLES for p in results.partitions(loc, t, sweep))
+
+
+def _draw_sweep_figures(
+    loc: Location, sweep: str, tracker: Tracker | None, publisher: TrialPublisher
 ) -> None:
-    """Finished units without a plot or an MLflow run (an earlier interrupted run, MLflow
-    down) get them now; the ``trial_key`` tag lookup keeps this from duplicating runs."""
-    for spec in finished:
-        try:
-            plot_study(loc, spec)
-        except Exception as err:  # a figure must never fail a sweep
-            log.warning("plot of %s unit %s failed: %s", spec.study, spec.key(), err)
-    if tracker is None or not finished:
+    """The sweep-level barrier figures, once per run that computed something; attached to
+    the sweep's parent MLflow run. A figure never fails a sweep."""
+    from .figures import sweep_figures
+
+    try:
+        paths = sweep_figures(loc, sweep)
+    except Exception as err:  # a figure must never fail a sweep
+        log.warning("sweep figures of %s failed: %s", sweep, err)
+        return
+    if tracker is None or not paths:
         return
     try:
-        logged = tracker.logged_keys("trial_key")
-        for spec in finished:
-            if spec.key() not in logged:
-                log_study_to_mlflow(tracker, loc, spec)
+        tracker.log_parent_artifacts(paths, "figures")
     except TrackingUnavailable as err:
         publisher.problems.append(str(err))
+
+
+def _catch_up_mlflow(
+    loc: Location,
+    tracker: Tracker,
+    sweep: str,
+    finished: set[str],
+    status: str,
+    publisher: TrialPublisher,
+    ran: bool,
+) -> None:
+    """Finished trials and units without an MLflow run (an earlier interrupted run, MLflow
+    down) get one now, and the parent run its status. A finished sweep whose runs were all
+    logged by an earlier run (a marker in the results root says so) opens no MLflow at all."""
+    if not ran and mlflow_synced(loc, sweep, tracker.tracking_uri, finished):
+        return
+    try:
+        if not finished <= tracker.logged_keys("trial_key"):
+            sync_from_parquet(loc, tracker.tracking_uri, sweep, lock=False, close_parent=False)
+        tracker.finish(status)
+    except TrackingUnavailable as err:
+        publisher.problems.append(str(err))
+        return
+    if status == "FINISHED":
+        mark_mlflow_synced(loc, sweep, tracker.tracking_uri, finished)
 
 
 def _causes(err: BaseException) -> list[BaseException]:

@@ -41,7 +41,6 @@ from .results import (
     TRIAL_ID_COLUMNS,
     TRIAL_PARAMS_KEY,
     TRIAL_RUN_NAME_KEY,
-    file_metadata,
     read_table,
 )
 
@@ -536,6 +535,14 @@ class Tracker:
             if self._client.get_run(parent).info.status == "RUNNING":
                 self._client.set_terminated(parent, status)
 
+    def log_parent_artifacts(self, paths: Sequence[str | os.PathLike], directory: str) -> None:
+        """Attach sweep-level files (the summary figures) to the parent run, under
+        ``directory``; logging them again replaces them."""
+        parent = self.parent_run_id()
+        with self._guard(f"attaching {directory} to the parent run of {self.sweep!r}"):
+            for path in paths:
+                self._client.log_artifact(parent, os.fspath(path), directory)
+
     def logged_keys(self, tag: str = "trial_key") -> set[str]:
         """Every value of ``tag`` among this sweep's active runs (one paged query; for the
         sweep's only writer, the run map it keeps)."""
@@ -654,31 +661,22 @@ def _trial_params(rows: pd.DataFrame, epochs: Mapping[str, int]) -> dict[str, An
     return params
 
 
-def trial_artifacts(root: str | os.PathLike | Location, sweep: str, key: str) -> list[str]:
-    """A trial's files to attach to its MLflow run: its Parquet files and plot (local roots)."""
-    loc = Location.of(root)
-    if not loc.local:
-        return []
-    paths = [loc.table_file(t, sweep, key) for t in ("trials", "curves", "layers")]
-    return [p for p in [*paths, loc.plot_file(sweep, key)] if os.path.isfile(p)]
+def results_tags(root: str | os.PathLike | Location, tables: Sequence[str]) -> dict[str, str]:
+    """Tags saying where a run's rows live: the results root and the tables holding rows of
+    its ``trial_key``. Runs point at their rows instead of copying files into artifacts:
+    copies cost the driver four file writes per trial and go stale when a sweep's tables
+    are compacted (``repair-dist results SWEEP --root ROOT`` reads them)."""
+    return {"results.root": Location.of(root).uri, "results.tables": ",".join(tables)}
 
 
 def _logged_as_live(
-    root: str | os.PathLike | Location,
-    sweep: str,
-    key: str,
-    rows: pd.DataFrame,
-    epochs: Mapping[str, int],
+    meta: Mapping[str, str], rows: pd.DataFrame, epochs: Mapping[str, int]
 ) -> tuple[dict[str, Any], str | None]:
-    """(params, run name) exactly as the live run logged them, from the trial's own file.
+    """(params, run name) exactly as the live run logged them, from the trial's metadata.
 
-    Trials write their MLflow params into the ``trials`` file's metadata; files written
-    before that carry only the table's columns, which give a subset (the old behaviour).
+    Trials store their MLflow params with their ``trials`` rows; rows written before that
+    carry only the table's columns, which give a subset (the old behaviour).
     """
-    try:
-        meta = file_metadata(root, "trials", sweep, key)
-    except (OSError, ValueError):
-        meta = {}
     if TRIAL_PARAMS_KEY in meta:
         return json.loads(meta[TRIAL_PARAMS_KEY]), meta.get(TRIAL_RUN_NAME_KEY)
     return _trial_params(rows, epochs), None
@@ -691,66 +689,111 @@ def _sync_study_units(
     lock: bool,
     tracker_options: Mapping[str, Any],
 ) -> int:
-    """Backfill the runs of study units (curves, pruning) that have none, as live runs.
+    """Backfill the runs of study units (curves, pruning, ...) that have none, as live runs.
 
-    A unit's last file holds its params, run name and study (written by the unit); its
+    A unit's last table holds its params, run name and study (written by the unit); its
     metrics come from the study's own :meth:`~repair_dist.sweep.studies.Study.mlflow` over
-    its files, so a backfilled unit equals a live one. Returns the number of runs created.
+    its rows, so a backfilled unit equals a live one. Returns the number of runs created.
     """
-    import pyarrow.parquet as pq
-
     from .lock import SweepLock
-    from .results import STUDY_KEY, TRIAL_PARAMS_KEY, TRIAL_RUN_NAME_KEY, file_metadata
+    from .results import STUDY_KEY, partitions, unit_metadata, unit_rows
     from .studies import STUDIES
 
     loc = Location.of(results_root)
-    units: dict[str, list[tuple[str, Any]]] = {}  # sweep -> [(key, study)]
+    units: dict[str, list[tuple[str, Any, dict]]] = {}  # sweep -> [(key, study, metadata)]
     for st in STUDIES.values():
-        names = read_table(loc, st.tables[-1], sweep, columns=["sweep"])["sweep"]
-        for name in sorted(set(names.astype(str))):
-            for info in loc.fs.get_file_info(_selector(loc.table_dir(st.tables[-1], name))):
-                if info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
-                    units.setdefault(name, []).append((info.base_name[: -len(".parquet")], st))
+        for part in partitions(loc, st.tables[-1], sweep):
+            for key, meta in unit_metadata(loc, st.tables[-1], part.sweep).items():
+                if meta.get(STUDY_KEY) == st.name:  # not a merge trial's rows
+                    units.setdefault(part.sweep, []).append((key, st, meta))
     created = 0
     for name, found in sorted(units.items()):
         with contextlib.ExitStack() as held:
             if lock:
                 _hold(held, SweepLock(results_root, name))
-            tracker = Tracker(tracking_uri, name, **tracker_options)
+            tracker = Tracker(tracking_uri, name, **{"exclusive": True, **tracker_options})
             logged = tracker.logged_keys("trial_key")
-            for key, st in found:
-                meta = file_metadata(loc, st.tables[-1], name, key)
-                if key in logged or meta.get(STUDY_KEY) != st.name:
-                    continue  # logged, or not a unit of this study (a merge trial's file)
-                frames = {
-                    t: pq.read_table(loc.table_file(t, name, key), filesystem=loc.fs).to_pandas()
-                    for t in st.tables
-                }
+            for key, st, meta in sorted(found, key=lambda f: f[0]):
+                if key in logged:
+                    continue
+                frames = {t: unit_rows(loc, t, name, key) for t in st.tables}
                 metrics, steps = st.mlflow(frames)
-                paths = [loc.table_file(t, name, key) for t in st.tables]
-                artifacts = []
-                if loc.local:
-                    plot = loc.plot_file(name, key)
-                    artifacts = [p for p in [*paths, plot] if os.path.isfile(p)]
                 _, was_created = tracker._log_child(
                     "trial_key",
                     key,
                     json.loads(meta[TRIAL_PARAMS_KEY]),
                     metrics,
                     steps,
-                    artifacts,
+                    (),
                     meta.get(TRIAL_RUN_NAME_KEY),
-                    {"study": st.name},
+                    {"study": st.name, **results_tags(loc, st.tables)},
                 )
                 created += int(was_created)
                 logged.add(key)
     return created
 
 
-def _selector(path: str) -> Any:
-    from pyarrow import fs as pafs
+# ---- "everything is logged": a marker, so a finished sweep's rerun opens no MLflow ---------
 
-    return pafs.FileSelector(path, allow_not_found=True)
+
+def _synced_marker(root: str | os.PathLike | Location, sweep: str) -> Location:
+    return Location.of(root).child("state", f"sweep={_check_safe('sweep name', sweep)}")
+
+
+def _store_identity(tracking_uri: str) -> list[int] | None:
+    """A sqlite store's file identity (inode, size, mtime): a store replaced or written to
+    since the marker was made no longer matches. Servers: None (the URI and keys only)."""
+    path = _sqlite_root(tracking_uri)
+    if path is None:
+        return None
+    db = Path(tracking_uri[len("sqlite:///") :])
+    try:
+        st = db.stat()
+    except OSError:
+        return [-1]
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _synced_record(tracking_uri: str, keys: Iterable[str]) -> dict[str, Any]:
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+    return {"tracking_uri": tracking_uri, "keys": digest, "store": _store_identity(tracking_uri)}
+
+
+def mark_mlflow_synced(
+    root: str | os.PathLike | Location, sweep: str, tracking_uri: str, keys: Iterable[str]
+) -> None:
+    """Record that every run of ``keys`` is in ``tracking_uri`` and the parent is closed.
+
+    Why: proving it again costs an MLflow import, a store open and a search over every run
+    (seconds at thousands of trials) on each rerun of a finished sweep. The marker lives in
+    the results root; a best effort (a root that refuses it only costs the next rerun time).
+    """
+    marker = _synced_marker(root, sweep)
+    try:
+        marker.makedirs()
+        with marker.fs.open_output_stream(marker.join("mlflow.json")) as out:
+            out.write(json.dumps(_synced_record(tracking_uri, keys)).encode())
+    except OSError as err:
+        log.debug("could not write the MLflow marker of %s: %s", sweep, err)
+
+
+def mlflow_synced(
+    root: str | os.PathLike | Location, sweep: str, tracking_uri: str, keys: Iterable[str]
+) -> bool:
+    """True when :func:`mark_mlflow_synced` recorded exactly these keys in this same store.
+
+    Runs deleted in the MLflow UI afterwards are not noticed; ``repair-dist sync-mlflow``
+    (which always searches) restores them.
+    """
+    marker = _synced_marker(root, sweep)
+    try:
+        with marker.fs.open_input_stream(marker.join("mlflow.json")) as f:
+            recorded = json.loads(f.read().decode())
+    except (OSError, ValueError):
+        return False
+    return recorded == _synced_record(tracking_uri, keys)
 
 
 def _hold(stack: contextlib.ExitStack, lock: Any) -> None:
@@ -785,6 +828,7 @@ def sync_from_parquet(
     run left RUNNING as FINISHED (the runner sets the status itself).
     """
     from .lock import SweepLock
+    from .results import STUDY_KEY, unit_metadata
 
     trials = read_table(results_root, "trials", sweep)
     created = _sync_study_units(results_root, tracking_uri, sweep, lock, tracker_options)
@@ -797,21 +841,24 @@ def sync_from_parquet(
         with contextlib.ExitStack() as held:
             if lock:
                 _hold(held, SweepLock(results_root, str(name)))
-            tracker = Tracker(tracking_uri, str(name), **tracker_options)
+            tracker = Tracker(tracking_uri, str(name), **{"exclusive": True, **tracker_options})
             logged = tracker.logged_keys("trial_key")
+            metadata = unit_metadata(results_root, "trials", str(name))
             sweep_curves = curves[curves["sweep"] == name]
             for key, group in rows.groupby("trial_key", sort=True):
-                if key in logged:
+                meta = metadata.get(str(key), {})
+                if key in logged or STUDY_KEY in meta:  # a study unit's rows: synced above
                     continue
-                params, run_name = _logged_as_live(results_root, str(name), str(key), group, epochs)
+                params, run_name = _logged_as_live(meta, group, epochs)
                 _, was_created = tracker._log_child(
                     "trial_key",
                     str(key),
                     params,
                     trial_metrics(group),
                     curve_metrics(sweep_curves[sweep_curves["trial_key"] == key]),
-                    trial_artifacts(results_root, str(name), str(key)),
+                    (),
                     run_name,
+                    results_tags(results_root, ("trials", "curves", "layers")),
                 )
                 created += int(was_created)
             if close_parent:
@@ -829,6 +876,9 @@ __all__ = [
     "default_artifact_root",
     "default_tracking_uri",
     "ensure_sqlite_store",
+    "mark_mlflow_synced",
+    "mlflow_synced",
+    "results_tags",
     "sync_from_parquet",
     "trial_metrics",
 ]

@@ -20,7 +20,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from ray import tune
 from torch.utils.data import TensorDataset
 
 from ..collapse import filter_collapse
@@ -36,6 +35,7 @@ from . import results
 from .config import EndpointConfig, TrialSpec
 from .ddp import fit_curve_data_parallel, train_data_parallel
 from .studies import StudyInputs, StudySpec, study
+from .tune_setup import tune
 
 
 def _threads(cpus: float) -> None:

@@ -1,0 +1,130 @@
+"""What the driver does with each finished trial: one MLflow child run, off the critical path.
+
+A driver-side background thread logs each finished trial (or study unit) from its Parquet
+rows while Tune goes on scheduling, so worker nodes need no route to MLflow and a slow or
+unreachable server never slows a trial. Per unit it costs three MLflow calls (create the run,
+one ``log_batch`` of params and metrics, close the run): the sweep's run map is built once
+(:class:`~repair_dist.sweep.tracking.Tracker` with ``exclusive=True``), no figure is drawn
+(figures are drawn on demand or once per sweep: :mod:`repair_dist.sweep.figures`) and no file
+is copied: the run's tags say where its rows live (``results.root``, ``results.tables``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from typing import Any
+
+from ..location import Location
+from . import results
+from .config import TrialSpec
+from .studies import StudySpec, study
+from .tracking import Tracker, TrackingUnavailable, results_tags, trial_metrics
+from .trainables import trial_from_dict
+from .tune_setup import tune
+
+log = logging.getLogger(__name__)
+
+RootLike = str | os.PathLike | Location
+#: The tables a merge trial writes (its MLflow run points at them).
+TRIAL_TABLES = ("trials", "curves", "layers")
+
+
+def log_trial_to_mlflow(tracker: Tracker, root: RootLike, spec: TrialSpec) -> str:
+    """The merge trial's child run, from its rows (wherever they are: own file or part)."""
+    from .tracking import curve_metrics
+
+    loc = Location.of(root)
+    key = spec.key()
+    rows = results.unit_rows(loc, "trials", spec.sweep, key)
+    curves = results.unit_rows(loc, "curves", spec.sweep, key)
+    run_id, _ = tracker._log_child(
+        "trial_key",
+        key,
+        spec.params(),
+        trial_metrics(rows),
+        curve_metrics(curves),
+        (),
+        spec.run_name(),
+        results_tags(loc, TRIAL_TABLES),
+    )
+    return run_id
+
+
+def log_study_to_mlflow(tracker: Tracker, root: RootLike, spec: StudySpec) -> str:
+    """The study unit's child run (tag ``trial_key``, like a merge trial's; tag ``study``)."""
+    loc = Location.of(root)
+    st = study(spec.study)
+    frames = {t: results.unit_rows(loc, t, spec.sweep, spec.key()) for t in st.tables}
+    metrics, steps = st.mlflow(frames)
+    run_id, _ = tracker._log_child(
+        "trial_key",
+        spec.key(),
+        spec.params(),
+        metrics,
+        steps,
+        (),
+        spec.run_name(),
+        {"study": spec.study, **results_tags(loc, st.tables)},
+    )
+    return run_id
+
+
+class TrialPublisher(tune.Callback):
+    """Logs each finished trial to MLflow from a driver-side background thread.
+
+    An unreachable MLflow is recorded in ``problems`` (once per failure, logged once);
+    Parquet stays the record and the end of the sweep (or ``sync-mlflow``) backfills.
+    """
+
+    def __init__(self, tracker: Tracker | None, root: Location) -> None:
+        self.tracker, self.root = tracker, root
+        self.problems: list[str] = []
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks
+        return {**self.__dict__, "_queue": None, "_thread": None}
+
+    def publish(self, spec: TrialSpec | StudySpec) -> None:
+        if self.tracker is None:
+            return
+        try:
+            if isinstance(spec, StudySpec):
+                log_study_to_mlflow(self.tracker, self.root, spec)
+            else:
+                log_trial_to_mlflow(self.tracker, self.root, spec)
+        except TrackingUnavailable as err:
+            if not self.problems:  # once: the sweep's summary repeats it with the count
+                log.warning("MLflow unavailable, Parquet kept (sync later): %s", err)
+            self.problems.append(str(err))
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        while (spec := self._queue.get()) is not None:
+            self.publish(spec)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        if self.tracker is None:
+            return
+        if self._thread is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
+            self._thread.start()
+        config = trial.config
+        if "study" in config:
+            self._queue.put(StudySpec.from_dict(config["study"]))
+        else:
+            self._queue.put(trial_from_dict(config["trial"]))
+
+    def drain(self) -> None:
+        """Wait until every queued trial is logged."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+        self._thread = self._queue = None
+
+
+__all__ = ["TRIAL_TABLES", "TrialPublisher", "log_study_to_mlflow", "log_trial_to_mlflow"]
