@@ -472,10 +472,43 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _LazyChoices(Sequence[str]):
+    """argparse ``choices`` read from a registry on first use.
+
+    The model, norm and matcher registries import torch (seconds); reading them while
+    building the parser made every command pay for it, ``repair-dist results`` included.
+    argparse only looks at choices when the option is given or help is printed.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self._module, self._name = module, name
+        self._values: tuple[str, ...] | None = None
+
+    def _load(self) -> tuple[str, ...]:
+        if self._values is None:
+            module = importlib.import_module(self._module, __package__)
+            self._values = tuple(getattr(module, self._name))
+        return self._values
+
+    def __getitem__(self, i):  # type: ignore[override]  # noqa: ANN001
+        return self._load()[i]
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._load()
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._load())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .models import MODEL_NAMES, NORMS
-    from .pipeline import METHODS
-    from .repair import VARIANTS
+    from .variants import VARIANTS
+
+    MODEL_NAMES = _LazyChoices(".models", "MODEL_NAMES")  # noqa: N806
+    NORMS = _LazyChoices(".models", "NORMS")  # noqa: N806
+    METHODS = _LazyChoices(".pipeline", "METHODS")  # noqa: N806
 
     parser = _Parser(prog="repair-dist", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -491,10 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="train one net into a checkpoint directory")
-    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument(
+        "--model", required=True, choices=MODEL_NAMES, metavar="MODEL", help="%(choices)s"
+    )
     p.add_argument("--width", type=_positive_float, default=1)
     p.add_argument("--depth", type=_int_at_least(1))
-    p.add_argument("--norm", default="none", choices=NORMS)
+    p.add_argument(
+        "--norm", default="none", choices=NORMS, metavar="NORM", help="%(choices)s (default none)"
+    )
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root")
     p.add_argument("--epochs", type=_int_at_least(0), default=30)
@@ -518,7 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="align, merge and REPAIR two checkpoints")
     p.add_argument("dir_a")
     p.add_argument("dir_b")
-    p.add_argument("--method", default="activation", choices=METHODS)
+    p.add_argument(
+        "--method",
+        default="activation",
+        choices=METHODS,
+        metavar="METHOD",
+        help="%(choices)s (default activation)",
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--alphas", type=_int_at_least(2), default=11, help="points on the path")
     p.add_argument("--dataset")
@@ -576,26 +619,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .distributed import RayUnreachable
-    from .storage import StorageError
-    from .sweep.lock import SweepLocked
-    from .sweep.runner import SweepIncomplete
-    from .sweep.tracking import TrackingUnavailable
+#: The project's own user-facing errors, by (module, class). An exception can only be one of
+#: them if its module was imported, so only loaded modules are consulted: an error of
+#: ``repair-dist results`` never imports the runner (torch, Ray, Tune) just to be classified.
+_USER_ERROR_CLASSES = (
+    ("repair_dist.sweep.runner", "SweepIncomplete"),
+    ("repair_dist.sweep.tracking", "TrackingUnavailable"),
+    ("repair_dist.distributed.ray_init", "RayUnreachable"),
+    ("repair_dist.sweep.lock", "SweepLocked"),
+)
 
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .storage import StorageError
+
+    loaded = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in _USER_ERROR_CLASSES
+        if module in sys.modules
+    )
     # ValueError/TypeError: the library's way to reject a bad input (house rule), which
     # includes SweepConfigError and CheckpointError.
-    return (
-        UsageError,
-        ValueError,
-        TypeError,
-        SweepIncomplete,
-        TrackingUnavailable,
-        RayUnreachable,
-        SweepLocked,
-        StorageError,
-        FileNotFoundError,
-    )
+    return (UsageError, ValueError, TypeError, *loaded, StorageError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

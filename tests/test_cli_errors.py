@@ -160,3 +160,14 @@ def test_the_real_entry_point_too(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     _one_line_exit_2(proc.returncode, proc.stderr, "nope")
+
+
+def test_every_user_error_class_the_cli_knows_exists() -> None:
+    """The CLI names its error classes by module (so it never imports the runner only to
+    classify an error): each name must resolve, or that error would print a traceback."""
+    import importlib
+
+    from repair_dist.cli import _USER_ERROR_CLASSES
+
+    for module, name in _USER_ERROR_CLASSES:
+        assert issubclass(getattr(importlib.import_module(module), name), BaseException)

@@ -144,3 +144,30 @@ def test_the_checker_sees_imports_inside_functions():
     # Guards the test itself: the executor's lazy import of the Ray pool must be visible.
     assert "repair_dist.distributed" in GRAPH["repair_dist.passes.executor"]
     assert _find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
+def test_the_public_api_loads_lazily_and_results_queries_load_no_torch(tmp_path: Path) -> None:
+    """``import repair_dist`` and ``repair-dist results`` start without torch (seconds saved
+    on every query); every public name still resolves to the function, not a submodule."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import repair_dist as rd\n"
+        "from repair_dist.cli import main\n"
+        f"main(['results', 'nothing', '--root', {str(tmp_path)!r}])\n"
+        "print('torch' in sys.modules)\n"
+        "import repair_dist.prune, repair_dist.repair\n"
+        "print(callable(rd.prune) and callable(rd.repair) and rd.prune.__module__)\n"
+        "print(sorted(rd.__all__) == sorted(rd._API))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PACKAGE.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-3:] == ["False", "repair_dist.prune", "True"], proc.stdout

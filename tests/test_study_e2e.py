@@ -300,6 +300,7 @@ def test_merge_many_units_land_once_equal_the_pair_path_at_n2_and_ste_pairs_run(
         for r in runs:
             assert "barrier_acc.merge_many.full" in r.data.metrics
             assert "ensemble_gap_acc.none.naive" in r.data.metrics
+        unit_figures(root, sweep.name, keys=[u.key() for u in units])  # drawn on demand
         for unit in units:
             png = root / "plots" / f"sweep={sweep.name}" / f"{unit.key()}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

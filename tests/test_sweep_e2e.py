@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from repair_dist.cli import main as cli_main
 from repair_dist.location import Location
 from repair_dist.sweep import results
+from repair_dist.sweep import tracking as tracking_mod
 from repair_dist.sweep.config import ArchGrid, Sweep
 from repair_dist.sweep.figures import unit_figures
 from repair_dist.sweep.runner import run_sweep
@@ -94,6 +95,33 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
 
     again = run_sweep(sweep, root=tmp_path)  # nothing left to do: nothing redone, nothing doubled
     assert (again.endpoints_trained, again.trials_run, again.trials_reused) == (0, 0, 2)
+    assert_each_trial_once(root, sweep, uri)
+
+    # A fresh process rerunning the finished sweep starts no Ray and opens no MLflow.
+    code = (
+        "import sys\n"
+        "from test_sweep_e2e import tiny_sweep\n"
+        "from repair_dist.sweep.runner import run_sweep\n"
+        f"out = run_sweep(tiny_sweep(), root={root!r})\n"
+        "ray = sys.modules.get('ray')\n"
+        "print(out.trials_run, out.trials_reused, bool(ray and ray.is_initialized()),"
+        " 'mlflow' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{Path(__file__).parent}"}
+
+    def rerun() -> list[str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.split()
+
+    assert rerun() == ["0", "2", "False", "False"]
+    # A replaced MLflow store no longer matches what the marker recorded: the runs come back.
+    Path(uri[len("sqlite:///") :]).unlink()
+    tracking_mod._forget_engine(uri)  # this process's pooled connection to the deleted file
+    tracking_mod._READY_STORES.clear()
+    assert rerun() == ["0", "2", "False", "True"]
     assert_each_trial_once(root, sweep, uri)
 
 

@@ -56,14 +56,17 @@ def preflight(
     tracking_uri: str | None,
     *,
     cluster_resources: Mapping[str, Any] | None,
+    build_models: bool = True,
 ) -> Checked:
     """Check the sweep, its resources and every place it writes; SweepConfigError lists all.
+
+    ``build_models``: see :func:`~repair_dist.sweep.validation.validate_sweep`.
 
     Nothing is left behind but the (empty) directories a sweep would create anyway.
     """
     problems: list[str] = []
     try:
-        validate_sweep(sweep, cluster_resources=cluster_resources)
+        validate_sweep(sweep, cluster_resources=cluster_resources, build_models=build_models)
     except SweepConfigError as err:
         problems.extend(err.problems)
     loc, problem = location_problem("results root (--root)", root)

@@ -65,6 +65,7 @@ from .trainables import (
     write_endpoint_rows,
 )
 from .tune_setup import tune
+from .validation import validate_models
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +107,22 @@ logging.getLogger(TUNE_LOGGER).addFilter(_NoTuneRestoreHint())
 
 
 class Progress(tune.Callback):
-    """One quiet line per finished trial: done/running/failed of total, with an ETA.
+    """Quiet progress lines: done/running/failed of total, with an ETA.
 
-    Counted per trial id, not per event: Tune starts a retried trial again after
+    A line per finished trial, at most one every ``every`` seconds (a sweep of a thousand
+    tiny trials should not print a thousand lines), and always for a failure and for the
+    last trial. Counted per trial id, not per event: Tune starts a retried trial again after
     ``on_trial_recover`` (and may report a trial twice), so event counts drifted
     ("10/12 done, 4 running" at the end of a sweep with retries).
     """
 
-    def __init__(self, stage: str, total: int) -> None:
-        self.stage, self.total = stage, total
+    def __init__(self, stage: str, total: int, every: float = 2.0) -> None:
+        self.stage, self.total, self.every = stage, total, every
         self._running: set[str] = set()
         self._done: set[str] = set()
         self._failed: set[str] = set()
         self.started = time.monotonic()
+        self._last_line = -float("inf")
 
     @property
     def done(self) -> int:
@@ -132,8 +136,16 @@ class Progress(tune.Callback):
     def failed(self) -> int:
         return len(self._failed)
 
-    def _line(self) -> None:
-        elapsed = time.monotonic() - self.started
+    def _line(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if (
+            not force
+            and self.done + self.failed < self.total
+            and now - self._last_line < self.every
+        ):
+            return
+        self._last_line = now
+        elapsed = now - self.started
         left = self.total - self.done - self.failed
         eta = f"{elapsed / self.done * left:.0f}s" if self.done else "?"
         print(
@@ -159,7 +171,7 @@ class Progress(tune.Callback):
         self._running.discard(trial.trial_id)
         if trial.trial_id not in self._done:
             self._failed.add(trial.trial_id)
-        self._line()
+        self._line(force=True)
 
 
 RootLike = str | os.PathLike | Location
@@ -298,7 +310,12 @@ def run_sweep(
     # One phase, the only validation: the sweep, its GPUs/CPUs, the root, the store and
     # MLflow; one message. A local Ray started later gets the resources checked here.
     checked = preflight(
-        sweep, root, store, tracking_uri, cluster_resources=_resources_before_ray(joining)
+        sweep,
+        root,
+        store,
+        tracking_uri,
+        cluster_resources=_resources_before_ray(joining),
+        build_models=False,  # built below, only if anything is left to compute
     )
     loc, ckpts = checked.root, checked.store
     if tracking_uri is None and mlflow and loc.local:
@@ -353,6 +370,8 @@ def _run_locked(
     failed: list[BaseException] = []  # errors of trials that never succeeded
     if plan.needs_ray:
         import ray
+
+        validate_models(sweep)  # before any compute, still one message
 
         if not ray.is_initialized():
             _ray_up(address)

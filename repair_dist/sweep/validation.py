@@ -163,7 +163,9 @@ def _check_dataset(problems: list[str], sweep: Sweep, check_data: bool) -> dict 
     return info
 
 
-def _check_arch(problems: list[str], i: int, arch: object, info: dict | None) -> None:
+def _check_arch(
+    problems: list[str], i: int, arch: object, info: dict | None, build: bool = True
+) -> None:
     where = f"archs[{i}]"
     if not isinstance(arch, ArchGrid):
         problems.append(f"{where}: expected an ArchGrid, got {arch!r}")
@@ -186,7 +188,7 @@ def _check_arch(problems: list[str], i: int, arch: object, info: dict | None) ->
                 problems.append(f"{where}.{field}: {problem}")
             elif arg is not None:
                 asks.append((field, kwarg, v, arg))
-    if len(problems) > before:
+    if len(problems) > before or not build:
         return
     failures = None if info is None else _build_failures(where, arch, info)
     if failures == []:  # every combination builds and runs: nothing to attribute
@@ -356,8 +358,14 @@ def validate_sweep(
     *,
     cluster_resources: Mapping[str, Any] | None = None,
     check_data: bool = True,
+    build_models: bool = True,
 ) -> None:
     """Raise one :class:`SweepConfigError` listing every problem of ``sweep``; else return.
+
+    ``build_models=False`` leaves out building every architecture and running it on the
+    dataset's input shape (:func:`validate_models` does that): the runner builds only when
+    something is left to compute, because the first forward on PyTorch's meta device imports
+    ``torch._dynamo`` (over a second), which a finished sweep's rerun should not pay.
 
     ``cluster_resources`` (``ray.cluster_resources()``) enables the resource checks: GPUs
     asked of a cluster without any, or more CPUs per trial than the cluster has, would make
@@ -371,7 +379,7 @@ def validate_sweep(
         problems.append(f"archs: must be a non-empty list of architectures (got {sweep.archs!r})")
     else:
         for i, arch in enumerate(sweep.archs):
-            _check_arch(problems, i, arch, info)
+            _check_arch(problems, i, arch, info, build=build_models)
     _check_seeds(problems, sweep)
     _check_positive_int(problems, "epochs", sweep.epochs)
     _check_positive_int(problems, "batch_size", sweep.batch_size)
@@ -409,4 +417,16 @@ def validate_sweep(
         raise SweepConfigError(problems, sweep.name)
 
 
-__all__ = ["SweepConfigError", "validate_sweep"]
+def validate_models(sweep: Sweep) -> None:
+    """The architecture checks :func:`validate_sweep` leaves out with ``build_models=False``:
+    every combination built on the meta device and run on the dataset's input shape.
+    One :class:`SweepConfigError` listing every problem; call after :func:`validate_sweep`."""
+    problems: list[str] = []
+    info = _check_dataset(problems, sweep, check_data=False)
+    for i, arch in enumerate(sweep.archs):
+        _check_arch(problems, i, arch, info)
+    if problems:
+        raise SweepConfigError(problems, sweep.name)
+
+
+__all__ = ["SweepConfigError", "validate_models", "validate_sweep"]
