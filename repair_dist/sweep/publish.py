@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from ..location import Location
@@ -22,7 +23,6 @@ from . import results
 from .config import TrialSpec
 from .studies import StudySpec, study
 from .tracking import Tracker, TrackingUnavailable, results_tags, trial_metrics
-from .trainables import trial_from_dict
 from .tune_setup import tune
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,16 @@ class TrialPublisher(tune.Callback):
     def __init__(self, tracker: Tracker | None, root: Location) -> None:
         self.tracker, self.root = tracker, root
         self.problems: list[str] = []
+        self._specs: dict[str, TrialSpec | StudySpec] = {}
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks
-        return {**self.__dict__, "_queue": None, "_thread": None}
+        return {**self.__dict__, "_queue": None, "_thread": None, "_specs": {}}
+
+    def expect(self, specs: Sequence[TrialSpec | StudySpec]) -> None:
+        """The specs of the trials about to run: a Tune trial's config holds only the key."""
+        self._specs.update((spec.key(), spec) for spec in specs)
 
     def publish(self, spec: TrialSpec | StudySpec) -> None:
         if self.tracker is None:
@@ -113,11 +118,8 @@ class TrialPublisher(tune.Callback):
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
             self._thread.start()
-        config = trial.config
-        if "study" in config:
-            self._queue.put(StudySpec.from_dict(config["study"]))
-        else:
-            self._queue.put(trial_from_dict(config["trial"]))
+        key = trial.config.get("study", trial.config.get("trial"))
+        self._queue.put(self._specs[key])
 
     def drain(self) -> None:
         """Wait until every queued trial is logged."""

@@ -484,6 +484,9 @@ def unit_rows(root: str | os.PathLike | Location, table: str, sweep: str, key: s
     """One unit's rows of ``table`` (file columns, no ``sweep``); FileNotFoundError if none."""
     loc = Location.of(root)
     columns = list(FILE_SCHEMAS[table].names)
+    own = loc.table_file(_check_table(table), sweep, key)
+    if loc.fs.get_file_info(own).type == pafs.FileType.File:  # no listing: O(1) per unit
+        return _read_units(loc, table, [own], columns).to_pandas()
     for part in partitions(loc, table, sweep):
         if key in part.units:
             return _read_units(loc, table, [part.units[key]], columns).to_pandas()

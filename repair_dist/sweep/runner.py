@@ -253,7 +253,7 @@ def _fit(
     trainable: Any,
     name: str,
     item: str,
-    configs: list[dict],
+    keys: list[str],
     resources: Any,
     *,
     root: Location,
@@ -265,7 +265,7 @@ def _fit(
     """Run the grid; returns the errors of trials that failed for good."""
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space={item: tune.grid_search(configs)},
+        param_space={item: tune.grid_search(keys)},  # the specs travel via with_parameters
         tune_config=tune.TuneConfig(
             reuse_actors=True, max_concurrent_trials=sweep.max_concurrent_trials
         ),
@@ -384,8 +384,11 @@ def _run_locked(
         _say(
             f"[{sweep.name}] stage 2: {len(plan.pending)} of {len(plan.trials)} merge trials to run"
         )
+        specs = {t.key(): trial_to_dict(t) for t in plan.pending}
+        publisher.expect(plan.pending)
         fn = tune.with_parameters(
             merge_trainable,
+            specs=specs,
             store=ckpts,
             root=loc,
             data_root=sweep.data_root,
@@ -396,7 +399,7 @@ def _run_locked(
             fn,
             f"{sweep.name}-trials",
             "trial",
-            [trial_to_dict(t) for t in plan.pending],
+            list(specs),
             _trial_resources(sweep),
             root=loc,
             callbacks=[Progress("trials", len(plan.pending)), publisher],
@@ -406,8 +409,11 @@ def _run_locked(
         )
     if plan.units_pending:
         _say(f"[{sweep.name}] studies: {len(plan.units_pending)} of {len(plan.units)} units to run")
+        unit_specs = {u.key(): u.to_dict() for u in plan.units_pending}
+        publisher.expect(plan.units_pending)
         fn = tune.with_parameters(
             study_trainable,
+            specs=unit_specs,
             store=ckpts,
             root=loc,
             data_root=sweep.data_root,
@@ -421,7 +427,7 @@ def _run_locked(
             fn,
             f"{sweep.name}-studies",
             "study",
-            [u.to_dict() for u in plan.units_pending],
+            list(unit_specs),
             _trial_resources(sweep),
             root=loc,
             callbacks=[Progress("studies", len(plan.units_pending)), publisher],
@@ -487,8 +493,10 @@ def _train_endpoints(
         return []
     train_cpus = max(1.0, sweep.cpus_per_worker)
     _say(f"[{sweep.name}] stage 1: training {len(plan.train)} of {len(plan.endpoints)} endpoints")
+    specs = {ep.key(): asdict(ep) for ep in plan.train}
     fn = tune.with_parameters(
         endpoint_trainable,
+        specs=specs,
         sweep=sweep.name,
         store=ckpts,
         root=loc,
@@ -506,7 +514,7 @@ def _train_endpoints(
         fn,
         f"{sweep.name}-endpoints",
         "endpoint",
-        [asdict(ep) for ep in plan.train],
+        list(specs),
         stage1,
         root=loc,
         callbacks=[Progress("endpoints", len(plan.train))],

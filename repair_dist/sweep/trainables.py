@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -182,6 +183,7 @@ def register_endpoint(
 def endpoint_trainable(
     config: dict[str, Any],
     *,
+    specs: Mapping[str, dict[str, Any]],
     sweep: str,
     store: CheckpointStore,
     root: Location,
@@ -190,9 +192,15 @@ def endpoint_trainable(
     worker_cpus: float = 1.0,
     worker_gpus: float = 0.0,
 ) -> None:
-    """Stage 1 (Tune): train one endpoint into the store; one ``endpoints`` row per sweep."""
+    """Stage 1 (Tune): train one endpoint into the store; one ``endpoints`` row per sweep.
+
+    ``config`` holds only the endpoint's key; ``specs`` (key -> config dict, shipped once per
+    stage through the object store) the rest. Tune deep-copies and serialises every trial's
+    config many times; with whole specs in it that was half of the driver's CPU per trial.
+    The same holds for :func:`merge_trainable` and :func:`study_trainable`.
+    """
     _threads(cpus)
-    ep = endpoint_from_dict(config["endpoint"])
+    ep = endpoint_from_dict(specs[config["endpoint"]])
     row = train_endpoint(
         ep,
         store,
@@ -302,6 +310,7 @@ def run_merge_trial(
 def merge_trainable(
     config: dict[str, Any],
     *,
+    specs: Mapping[str, dict[str, Any]],
     store: CheckpointStore,
     root: Location,
     data_root: str | None,
@@ -310,7 +319,7 @@ def merge_trainable(
 ) -> None:
     """Stage 2 (Tune): one (pair, method) trial; shards its passes over the trial's workers."""
     _threads(cpus)
-    spec = trial_from_dict(config["trial"])
+    spec = trial_from_dict(specs[config["trial"]])
     executor: Any = 1
     if workers > 1 or spec.amp:
         from ..distributed import pool_of_size
@@ -418,6 +427,7 @@ def run_study_trial(
 def study_trainable(
     config: dict[str, Any],
     *,
+    specs: Mapping[str, dict[str, Any]],
     store: CheckpointStore,
     root: Location,
     data_root: str | None,
@@ -430,7 +440,7 @@ def study_trainable(
     """Stage 2 (Tune) for a study unit: like a merge trial, shards its passes over workers;
     ``worker_cpus``/``worker_gpus`` size the Ray Train workers of data-parallel curves."""
     _threads(cpus)
-    spec = StudySpec.from_dict(config["study"])
+    spec = StudySpec.from_dict(specs[config["study"]])
     executor: Any = 1
     if workers > 1 or amp:
         from ..distributed import pool_of_size
