@@ -10,10 +10,11 @@ while ``rd.repair``, ``from repair_dist import merge_trial`` and the like work a
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from ._lazy import lazy_api
 
 __version__ = "0.1.0"
 
@@ -96,14 +97,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _API[name]
-    except KeyError:
-        raise AttributeError(f"module 'repair_dist' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module, __name__), attr)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_api(__name__, globals(), _API)
 
 
 class _Package(types.ModuleType):
@@ -121,10 +115,6 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs

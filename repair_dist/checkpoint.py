@@ -34,15 +34,16 @@ import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pyarrow import fs as pafs
-from torch import nn
 
 from .location import Location
-from .models import build_model
 from .storage import writing
+
+if TYPE_CHECKING:  # torch is imported where weights are touched: planning needs none
+    import torch
+    from torch import nn
 
 #: Layout version written into ``meta.json``.
 FORMAT = 1
@@ -195,6 +196,10 @@ def register_checkpoint(
     ``*.safetensors`` file is copied too. Before anything is written the weights are loaded
     into ``build_model(**model_config)``, so a mismatch fails here, not in a later trial.
     """
+    from torch import nn
+
+    from .models import build_model
+
     meta = dict(meta or {})
     config = dict(model_config)
     name = config.pop("name", None)
@@ -316,6 +321,8 @@ def _torch_load_problem(data: bytes, error: Exception) -> str:
 
 
 def _parse_state_dict(data: bytes, suffix: str, where: object) -> dict[str, torch.Tensor]:
+    import torch
+
     if suffix in _TORCH_SUFFIXES:
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -380,6 +387,8 @@ def load_into(net: nn.Module, state: Mapping[str, torch.Tensor], where: object) 
 
 
 def _build_from_meta(meta: Mapping[str, Any], where: str) -> nn.Module:
+    from .models import build_model
+
     config = dict(meta["model"])
     name = config.pop("name", None)
     if not isinstance(name, str):

@@ -35,39 +35,10 @@ from .perm import (
 from .perm.matchers import MATCHING_METHODS, MatchInputs, matching_method
 from .perm.spec import PermutationSpec
 from .repair import endpoint_statistics, repair
-from .variants import CURVE_VARIANTS, VARIANTS
+from .variants import CURVE_VARIANTS, VARIANTS, alpha_grid
 
 #: Matching methods a trial accepts (the registry's names).
 METHODS = tuple(MATCHING_METHODS)
-#: What a sweep runs when it names no methods: the two cheap pair matchers. STE trains a copy
-#: of the net per pair (many epochs), so a sweep asks for it explicitly.
-DEFAULT_METHODS = ("activation", "weight")
-
-
-#: Alphas are rounded to this many decimals so that a grid given as a count and the same grid
-#: given as a list give the same floats (and the same trial keys).
-ALPHA_DECIMALS = 6
-
-
-def alpha_grid(alphas: int | Sequence[float]) -> tuple[float, ...]:
-    """Sorted interpolation weights, rounded; always holding 0, 0.5 and 1.
-
-    ``11`` -> 0.0, 0.1, ..., 1.0. 0 and 1 are the endpoints every barrier is measured against
-    and 0.5 is the midpoint barrier, so they are added when a list (or an even count) leaves
-    them out. The single definition for the library and the sweep.
-    """
-    if isinstance(alphas, bool) or not isinstance(alphas, int | Sequence):
-        raise ValueError(f"alphas must be a count >= 2 or a list of floats (got {alphas!r})")
-    if isinstance(alphas, int):
-        if alphas < 2:
-            raise ValueError(f"need at least 2 alphas, the endpoints (got {alphas})")
-        values = [i / (alphas - 1) for i in range(alphas)]
-    else:
-        values = [float(a) for a in alphas]
-        outside = [a for a in values if not 0.0 <= a <= 1.0]
-        if outside:
-            raise ValueError(f"alphas must lie in [0, 1] (got {outside})")
-    return tuple(sorted({round(v, ALPHA_DECIMALS) for v in values} | {0.0, 0.5, 1.0}))
 
 
 def interpolation_curve(

@@ -19,11 +19,9 @@ import re
 import shutil
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pyarrow import fs as pafs
-from torch import nn
 
 from .checkpoint import (
     META_FILE,
@@ -39,6 +37,10 @@ from .checkpoint import (
     verify_checkpoint,
 )
 from .location import SAFE_NAME, SAFE_PUNCTUATION, Location
+
+if TYPE_CHECKING:  # only annotations: keys and checks need no torch
+    import torch
+    from torch import nn
 
 #: Bump whenever training changes what an endpoint config produces: it is part of every
 #: endpoint key, so old checkpoints are then simply not found (and retrained) instead of reused.

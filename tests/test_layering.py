@@ -160,7 +160,8 @@ def test_the_public_api_loads_lazily_and_results_queries_load_no_torch(tmp_path:
         "print('torch' in sys.modules)\n"
         "import repair_dist.prune, repair_dist.repair\n"
         "print(callable(rd.prune) and callable(rd.repair) and rd.prune.__module__)\n"
-        "print(sorted(rd.__all__) == sorted(rd._API))\n"
+        "import repair_dist.perm as perm\n"
+        "print(sorted(rd.__all__) == sorted(rd._API) and sorted(perm.__all__) == sorted(perm._API))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

@@ -29,8 +29,9 @@ from repair_dist.checkpoint import META_FILE, WEIGHTS_FILE, save_checkpoint
 from repair_dist.cli import _print_outcome
 from repair_dist.models import build_model
 from repair_dist.sweep.config import ArchGrid, Sweep
+from repair_dist.sweep.publish import TUNE_LOGGER, Progress, TrialPublisher
 from repair_dist.sweep.results import FILE_SCHEMAS, write_rows
-from repair_dist.sweep.runner import TUNE_LOGGER, Progress, SweepOutcome, TrialPublisher
+from repair_dist.sweep.runner import SweepOutcome
 from repair_dist.sweep.tracking import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")

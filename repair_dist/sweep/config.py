@@ -26,9 +26,8 @@ from typing import Any
 from .. import store as _store
 from ..data import dataset_info
 from ..models import MODEL_NAMES
-from ..pipeline import DEFAULT_METHODS, alpha_grid
 from ..store import CheckpointStore, canonical_json
-from ..variants import ALWAYS_REPORTED, VARIANTS
+from ..variants import ALWAYS_REPORTED, DEFAULT_METHODS, VARIANTS, alpha_grid
 from .fields import suggest_unknown_fields
 from .results import TRIAL_ID_COLUMNS
 from .studies import STUDIES, CurveConfig, MergeManyConfig, PruningConfig, StudySpec
@@ -350,7 +349,7 @@ class Sweep:
         return [(s[i], s[i + 1]) for i in range(0, len(s) - 1, 2)]
 
     def alpha_grid(self) -> tuple[float, ...]:
-        """The sweep's interpolation weights (:func:`repair_dist.pipeline.alpha_grid`)."""
+        """The sweep's interpolation weights (:func:`repair_dist.variants.alpha_grid`)."""
         return alpha_grid(self.alphas)  # type: ignore[arg-type]
 
     def _endpoint(

@@ -1,4 +1,5 @@
-"""What the driver does with each finished trial: one MLflow child run, off the critical path.
+"""What the driver does with each finished trial: a progress line and one MLflow child run,
+off the critical path.
 
 A driver-side background thread logs each finished trial (or study unit) from its Parquet
 rows while Tune goes on scheduling, so worker nodes need no route to MLflow and a slow or
@@ -14,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +73,87 @@ def log_study_to_mlflow(tracker: Tracker, root: RootLike, spec: StudySpec) -> st
         {"study": spec.study, **results_tags(loc, st.tables)},
     )
     return run_id
+
+
+class _NoTuneRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)": resuming a sweep means
+    rerunning the same command (resume is by content), which our own message says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+#: Tune logs its hint through the logger of ``ray.tune.tune``.
+TUNE_LOGGER = "ray.tune.tune"
+logging.getLogger(TUNE_LOGGER).addFilter(_NoTuneRestoreHint())
+
+
+class Progress(tune.Callback):
+    """Quiet progress lines: done/running/failed of total, with an ETA.
+
+    A line per finished trial, at most one every ``every`` seconds (a sweep of a thousand
+    tiny trials should not print a thousand lines), and always for a failure and for the
+    last trial. Counted per trial id, not per event: Tune starts a retried trial again after
+    ``on_trial_recover`` (and may report a trial twice), so event counts drifted
+    ("10/12 done, 4 running" at the end of a sweep with retries).
+    """
+
+    def __init__(self, stage: str, total: int, every: float = 2.0) -> None:
+        self.stage, self.total, self.every = stage, total, every
+        self._running: set[str] = set()
+        self._done: set[str] = set()
+        self._failed: set[str] = set()
+        self.started = time.monotonic()
+        self._last_line = -float("inf")
+
+    @property
+    def done(self) -> int:
+        return len(self._done)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def failed(self) -> int:
+        return len(self._failed)
+
+    def _line(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if (
+            not force
+            and self.done + self.failed < self.total
+            and now - self._last_line < self.every
+        ):
+            return
+        self._last_line = now
+        elapsed = now - self.started
+        left = self.total - self.done - self.failed
+        eta = f"{elapsed / self.done * left:.0f}s" if self.done else "?"
+        print(
+            f"[{self.stage}] {self.done}/{self.total} done, {self.running} running, "
+            f"{self.failed} failed, {elapsed:.0f}s elapsed, ETA {eta}",
+            file=sys.stderr,  # looked up per call: Tune pickles its callbacks
+            flush=True,
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._running.add(trial.trial_id)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._running.discard(trial.trial_id)  # failed, will start again
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._running.discard(trial.trial_id)
+        self._failed.discard(trial.trial_id)
+        self._done.add(trial.trial_id)
+        self._line()
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._running.discard(trial.trial_id)
+        if trial.trial_id not in self._done:
+            self._failed.add(trial.trial_id)
+        self._line(force=True)
 
 
 class TrialPublisher(tune.Callback):
@@ -129,4 +213,11 @@ class TrialPublisher(tune.Callback):
         self._thread = self._queue = None
 
 
-__all__ = ["TRIAL_TABLES", "TrialPublisher", "log_study_to_mlflow", "log_trial_to_mlflow"]
+__all__ = [
+    "TRIAL_TABLES",
+    "TUNE_LOGGER",
+    "Progress",
+    "TrialPublisher",
+    "log_study_to_mlflow",
+    "log_trial_to_mlflow",
+]

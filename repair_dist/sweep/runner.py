@@ -31,7 +31,6 @@ from typing import Any
 
 import pandas as pd
 
-from ..distributed import ensure_ray, init_local_ray, release_cached_pools
 from ..location import Location
 from ..storage import (
     StorageError,
@@ -45,7 +44,6 @@ from .compaction import compact_sweep
 from .config import EndpointConfig, Sweep, TrialSpec
 from .lock import SweepLock
 from .preflight import local_resources, preflight
-from .publish import TrialPublisher
 from .studies import StudySpec, study
 from .tracking import (
     Tracker,
@@ -55,16 +53,6 @@ from .tracking import (
     mlflow_synced,
     sync_from_parquet,
 )
-from .trainables import (
-    endpoint_filters,
-    endpoint_trainable,
-    merge_trainable,
-    study_trainable,
-    train_endpoint,
-    trial_to_dict,
-    write_endpoint_rows,
-)
-from .tune_setup import tune
 from .validation import validate_models
 
 log = logging.getLogger(__name__)
@@ -91,87 +79,6 @@ class SweepOutcome:
     studies_reused: int = 0
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     mlflow_problems: list[str] = field(default_factory=list)
-
-
-class _NoTuneRestoreHint(logging.Filter):
-    """Drops Tune's "Resume experiment with: Tuner.restore(...)": resuming a sweep means
-    rerunning the same command (resume is by content), which our own message says."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
-
-
-#: Tune logs its hint through the logger of ``ray.tune.tune``.
-TUNE_LOGGER = "ray.tune.tune"
-logging.getLogger(TUNE_LOGGER).addFilter(_NoTuneRestoreHint())
-
-
-class Progress(tune.Callback):
-    """Quiet progress lines: done/running/failed of total, with an ETA.
-
-    A line per finished trial, at most one every ``every`` seconds (a sweep of a thousand
-    tiny trials should not print a thousand lines), and always for a failure and for the
-    last trial. Counted per trial id, not per event: Tune starts a retried trial again after
-    ``on_trial_recover`` (and may report a trial twice), so event counts drifted
-    ("10/12 done, 4 running" at the end of a sweep with retries).
-    """
-
-    def __init__(self, stage: str, total: int, every: float = 2.0) -> None:
-        self.stage, self.total, self.every = stage, total, every
-        self._running: set[str] = set()
-        self._done: set[str] = set()
-        self._failed: set[str] = set()
-        self.started = time.monotonic()
-        self._last_line = -float("inf")
-
-    @property
-    def done(self) -> int:
-        return len(self._done)
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
-    @property
-    def failed(self) -> int:
-        return len(self._failed)
-
-    def _line(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if (
-            not force
-            and self.done + self.failed < self.total
-            and now - self._last_line < self.every
-        ):
-            return
-        self._last_line = now
-        elapsed = now - self.started
-        left = self.total - self.done - self.failed
-        eta = f"{elapsed / self.done * left:.0f}s" if self.done else "?"
-        print(
-            f"[{self.stage}] {self.done}/{self.total} done, {self.running} running, "
-            f"{self.failed} failed, {elapsed:.0f}s elapsed, ETA {eta}",
-            file=sys.stderr,  # looked up per call: Tune pickles its callbacks
-            flush=True,
-        )
-
-    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self._running.add(trial.trial_id)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self._running.discard(trial.trial_id)  # failed, will start again
-
-    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self._running.discard(trial.trial_id)
-        self._failed.discard(trial.trial_id)
-        self._done.add(trial.trial_id)
-        self._line()
-
-    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self._running.discard(trial.trial_id)
-        if trial.trial_id not in self._done:
-            self._failed.add(trial.trial_id)
-        self._line(force=True)
 
 
 RootLike = str | os.PathLike | Location
@@ -230,6 +137,8 @@ def plan_sweep(sweep: Sweep, loc: Location, ckpts: CheckpointStore) -> Plan:
 
 
 def _ray_up(address: str | None) -> None:
+    from ..distributed import ensure_ray, init_local_ray
+
     if address:
         from ..distributed import connect
 
@@ -242,6 +151,8 @@ def _ray_up(address: str | None) -> None:
 
 def _trial_resources(sweep: Sweep) -> Any:
     """One worker: the trial itself computes. N workers: a placement group, driver + N."""
+    from .tune_setup import tune
+
     cpus, gpus, n = sweep.cpus_per_worker, sweep.gpus_per_worker, sweep.workers_per_trial
     if n <= 1 and not sweep.amp:  # amp needs a pass worker, even a single one
         return {"cpu": cpus, "gpu": gpus}
@@ -257,12 +168,14 @@ def _fit(
     resources: Any,
     *,
     root: Location,
-    callbacks: Sequence[tune.Callback],
+    callbacks: Sequence[Any],
     sweep: Sweep,
     verbose: int,
     max_failures: int,
 ) -> list[BaseException]:
     """Run the grid; returns the errors of trials that failed for good."""
+    from .tune_setup import tune
+
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={item: tune.grid_search(keys)},  # the specs travel via with_parameters
@@ -366,13 +279,14 @@ def _run_locked(
     """The body of :func:`run_sweep`, run while this process holds the sweep's lock."""
     plan = plan_sweep(sweep, loc, ckpts)
     tracker = Tracker(tracking_uri, sweep.name, exclusive=True) if tracking_uri else None
-    publisher = TrialPublisher(tracker, loc)
+    problems: list[str] = []  # MLflow failures (Parquet is complete regardless)
     failed: list[BaseException] = []  # errors of trials that never succeeded
-    if plan.needs_ray:
+    if plan.needs_ray:  # Ray, Tune and torch are imported only when something will run
         import ray
 
-        validate_models(sweep)  # before any compute, still one message
+        from ..distributed import release_cached_pools
 
+        validate_models(sweep)  # before any compute, still one message
         if not ray.is_initialized():
             _ray_up(address)
         # Pools this process cached for earlier sharded passes (a notebook's workers=N) are
@@ -380,6 +294,70 @@ def _run_locked(
         release_cached_pools()
         failed += _train_endpoints(sweep, plan, loc, ckpts, verbose, max_failures)
     _record_endpoints(sweep, plan, loc, ckpts)
+    if plan.pending or plan.units_pending:
+        failed += _run_units(sweep, plan, loc, ckpts, tracker, problems, verbose, max_failures)
+
+    done = finished_trials(loc, sweep.name)
+    unfinished = [t for t in plan.trials if t.key() not in done]
+    units_done = finished_studies(loc, plan.units)
+    units_unfinished = [u for u in plan.units if u.key() not in units_done]
+    ran = bool(plan.train or plan.pending or plan.units_pending)
+    if ran or _has_unit_files(loc, sweep.name):
+        compact_sweep(loc, sweep.name)  # a few files per table instead of one per trial
+    if ran and loc.local:
+        _draw_sweep_figures(loc, sweep.name, tracker, problems)
+    if tracker is not None:
+        finished = {t.key() for t in plan.trials if t.key() in done}
+        finished |= {u.key() for u in plan.units if u.key() in units_done}
+        status = "FAILED" if unfinished or units_unfinished else "FINISHED"
+        _catch_up_mlflow(loc, tracker, sweep.name, finished, status, problems, ran)
+    if unfinished or units_unfinished:
+        _raise_if_corrupt(ckpts, [ep for t in unfinished for ep in (t.a, t.b)])
+        _raise_if_corrupt(ckpts, [ep for u in units_unfinished for ep in u.endpoints])
+        _raise_if_storage(failed)
+        everything = [*plan.trials, *plan.units]
+        names = ", ".join(t.run_name() for t in [*unfinished, *units_unfinished][:5])
+        n_unfinished = len(unfinished) + len(units_unfinished)
+        raise SweepIncomplete(
+            f"sweep {sweep.name!r}: {n_unfinished} of {len(everything)} trials did not finish "
+            f"({names}{', ...' if n_unfinished > 5 else ''}); interrupted or failed, see "
+            f"{loc.tune}. Rerun the same command to resume: finished work is kept."
+        )
+    table = results.read_table(loc, "trials", sweep.name)
+    return SweepOutcome(
+        sweep=sweep.name,
+        root=loc.uri,
+        tracking_uri=tracking_uri,
+        endpoints_trained=len(plan.train),
+        endpoints_reused=len(plan.endpoints) - len(plan.train),
+        trials_run=len(plan.pending),
+        trials_reused=len(plan.trials) - len(plan.pending),
+        seconds=time.monotonic() - started,
+        studies_run=len(plan.units_pending),
+        studies_reused=len(plan.units) - len(plan.units_pending),
+        summary=results.summarize(table) if not table.empty else table,
+        mlflow_problems=problems,
+    )
+
+
+def _run_units(
+    sweep: Sweep,
+    plan: Plan,
+    loc: Location,
+    ckpts: CheckpointStore,
+    tracker: Tracker | None,
+    problems: list[str],
+    verbose: int,
+    max_failures: int,
+) -> list[BaseException]:
+    """Stage 2: the pending merge trials, then the pending study units, one Tune trial each;
+    each finished one is logged to MLflow by the publisher's thread meanwhile."""
+    from .publish import Progress, TrialPublisher
+    from .trainables import merge_trainable, study_trainable, trial_to_dict
+    from .tune_setup import tune
+
+    publisher = TrialPublisher(tracker, loc)
+    failed: list[BaseException] = []
     if plan.pending:
         _say(
             f"[{sweep.name}] stage 2: {len(plan.pending)} of {len(plan.trials)} merge trials to run"
@@ -436,48 +414,8 @@ def _run_locked(
             max_failures=max_failures,
         )
     publisher.drain()
-
-    done = finished_trials(loc, sweep.name)
-    unfinished = [t for t in plan.trials if t.key() not in done]
-    units_done = finished_studies(loc, plan.units)
-    units_unfinished = [u for u in plan.units if u.key() not in units_done]
-    ran = bool(plan.train or plan.pending or plan.units_pending)
-    if ran or _has_unit_files(loc, sweep.name):
-        compact_sweep(loc, sweep.name)  # a few files per table instead of one per trial
-    if ran and loc.local:
-        _draw_sweep_figures(loc, sweep.name, tracker, publisher)
-    if tracker is not None:
-        finished = {t.key() for t in plan.trials if t.key() in done}
-        finished |= {u.key() for u in plan.units if u.key() in units_done}
-        status = "FAILED" if unfinished or units_unfinished else "FINISHED"
-        _catch_up_mlflow(loc, tracker, sweep.name, finished, status, publisher, ran)
-    if unfinished or units_unfinished:
-        _raise_if_corrupt(ckpts, [ep for t in unfinished for ep in (t.a, t.b)])
-        _raise_if_corrupt(ckpts, [ep for u in units_unfinished for ep in u.endpoints])
-        _raise_if_storage(failed)
-        everything = [*plan.trials, *plan.units]
-        names = ", ".join(t.run_name() for t in [*unfinished, *units_unfinished][:5])
-        n_unfinished = len(unfinished) + len(units_unfinished)
-        raise SweepIncomplete(
-            f"sweep {sweep.name!r}: {n_unfinished} of {len(everything)} trials did not finish "
-            f"({names}{', ...' if n_unfinished > 5 else ''}); interrupted or failed, see "
-            f"{loc.tune}. Rerun the same command to resume: finished work is kept."
-        )
-    table = results.read_table(loc, "trials", sweep.name)
-    return SweepOutcome(
-        sweep=sweep.name,
-        root=loc.uri,
-        tracking_uri=tracking_uri,
-        endpoints_trained=len(plan.train),
-        endpoints_reused=len(plan.endpoints) - len(plan.train),
-        trials_run=len(plan.pending),
-        trials_reused=len(plan.trials) - len(plan.pending),
-        seconds=time.monotonic() - started,
-        studies_run=len(plan.units_pending),
-        studies_reused=len(plan.units) - len(plan.units_pending),
-        summary=results.summarize(table) if not table.empty else table,
-        mlflow_problems=publisher.problems,
-    )
+    problems += publisher.problems
+    return failed
 
 
 def _train_endpoints(
@@ -491,6 +429,10 @@ def _train_endpoints(
     """Stage 1: train the endpoints the store lacks, one Tune trial each."""
     if not plan.train:
         return []
+    from .publish import Progress
+    from .trainables import endpoint_trainable
+    from .tune_setup import tune
+
     train_cpus = max(1.0, sweep.cpus_per_worker)
     _say(f"[{sweep.name}] stage 1: training {len(plan.train)} of {len(plan.endpoints)} endpoints")
     specs = {ep.key(): asdict(ep) for ep in plan.train}
@@ -538,6 +480,12 @@ def _record_endpoints(sweep: Sweep, plan: Plan, loc: Location, ckpts: Checkpoint
     sweep's ``endpoints`` row, and ones recorded before the ``filters`` table its rows."""
     written = results.unit_keys(loc, "endpoints", sweep.name)
     with_filters = results.unit_keys(loc, "filters", sweep.name)
+    if written.issuperset(ep.key() for ep in plan.endpoints) and with_filters.issuperset(
+        ep.key() for ep in plan.endpoints
+    ):
+        return
+    from .trainables import endpoint_filters, train_endpoint, write_endpoint_rows
+
     for ep in plan.endpoints:
         if ep.key() not in written:
             row = train_endpoint(ep, ckpts, sweep.data_root)
@@ -553,7 +501,7 @@ def _has_unit_files(loc: Location, sweep: str) -> bool:
 
 
 def _draw_sweep_figures(
-    loc: Location, sweep: str, tracker: Tracker | None, publisher: TrialPublisher
+    loc: Location, sweep: str, tracker: Tracker | None, problems: list[str]
 ) -> None:
     """The sweep-level barrier figures, once per run that computed something; attached to
     the sweep's parent MLflow run. A figure never fails a sweep."""
@@ -569,7 +517,7 @@ def _draw_sweep_figures(
     try:
         tracker.log_parent_artifacts(paths, "figures")
     except TrackingUnavailable as err:
-        publisher.problems.append(str(err))
+        problems.append(str(err))
 
 
 def _catch_up_mlflow(
@@ -578,7 +526,7 @@ def _catch_up_mlflow(
     sweep: str,
     finished: set[str],
     status: str,
-    publisher: TrialPublisher,
+    problems: list[str],
     ran: bool,
 ) -> None:
     """Finished trials and units without an MLflow run (an earlier interrupted run, MLflow
@@ -591,7 +539,7 @@ def _catch_up_mlflow(
             sync_from_parquet(loc, tracker.tracking_uri, sweep, lock=False, close_parent=False)
         tracker.finish(status)
     except TrackingUnavailable as err:
-        publisher.problems.append(str(err))
+        problems.append(str(err))
         return
     if status == "FINISHED":
         mark_mlflow_synced(loc, sweep, tracker.tracking_uri, finished)
