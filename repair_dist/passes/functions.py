@@ -76,14 +76,16 @@ def alignment_stats_pass(
     crosses: dict[Probe, torch.Tensor] = {}
 
     def observe_a(p: Probe, act: torch.Tensor) -> None:
-        kept = p not in skip
-        buf = ws.keep(p, _centred_shape(act), act.device) if kept else None
-        parts_a[p] = centre_into(act, p.relu, buf, ws, extremes=kept)[1]
+        if p in skip:
+            parts_a[p] = centre_into(act, p.relu, ws)[1]
+        else:  # kept until B's hook for the same probe runs the cross GEMM
+            parts_a[p] = centre_into(act, p.relu, ws, keep=p, extremes=True)[1]
 
     def observe_b(p: Probe, act: torch.Tensor) -> None:
-        kept = p not in skip
-        centred_b, parts_b[p] = centre_into(act, p.relu, None, ws, extremes=kept)
-        if kept:
+        if p in skip:
+            parts_b[p] = centre_into(act, p.relu, ws)[1]
+        else:  # B's centred data lives in the scratch only until the GEMM with A's copy
+            centred_b, parts_b[p] = centre_into(act, p.relu, ws, extremes=True)
             crosses[p] = cross_gemm(ws.kept[p], centred_b)
 
     running = RunningMoments(probes, cross)
@@ -104,12 +106,6 @@ def alignment_stats_pass(
             parts_b.clear()
             crosses.clear()
     return running.result()
-
-
-def _centred_shape(act: torch.Tensor) -> torch.Size:
-    if act.dim() <= 2:
-        return act.shape
-    return torch.Size((act.shape[0], act.shape[1], act[0, 0].numel()))
 
 
 @torch.no_grad()

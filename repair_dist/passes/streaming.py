@@ -57,14 +57,20 @@ class Workspace:
 
     def __init__(self) -> None:
         self.kept: dict[Probe, torch.Tensor] = {}
-        self._scratch: torch.Tensor | None = None
+        self._flat: torch.Tensor | None = None
+        self._views: dict[tuple[torch.Size, torch.device], torch.Tensor] = {}
 
     def scratch(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        view = self._views.get((shape, device))
+        if view is not None:
+            return view
         numel = math.prod(shape)
-        flat = self._scratch
+        flat = self._flat
         if flat is None or flat.numel() < numel or flat.device != device:
-            flat = self._scratch = torch.empty(numel, dtype=torch.float32, device=device)
-        return flat[:numel].view(shape)
+            self._flat = flat = torch.empty(numel, dtype=torch.float32, device=device)
+            self._views.clear()  # views of the old storage would keep it alive
+        view = self._views[(shape, device)] = flat[:numel].view(shape)
+        return view
 
     def keep(self, probe: Probe, shape: torch.Size, device: torch.device) -> torch.Tensor:
         buf = self.kept.get(probe)
@@ -74,33 +80,43 @@ class Workspace:
 
 
 def centre_into(
-    out: torch.Tensor, relu: bool, buf: torch.Tensor | None, ws: Workspace, extremes: bool
+    out: torch.Tensor,
+    relu: bool,
+    ws: Workspace,
+    keep: Probe | None = None,
+    extremes: bool = False,
 ) -> tuple[torch.Tensor, BatchProbe]:
-    """Centre ``out`` (ReLU first if asked) by its batch mean into ``buf`` (or the scratch).
+    """Centre ``out`` (ReLU first if asked) by its batch mean into ``ws``'s buffer kept for
+    probe ``keep``, or else into the scratch; ``extremes``: also the exact per-channel min
+    and max (matching probes: they tell constant units exactly).
 
     (N, C) stays (N, C); (N, C, *spatial) is viewed as (N, C, L), never relaid out. Returns
     the centred float32 data and its per-channel moments.
     """
     x = out.detach()
-    if x.dim() < 2:
+    if x.dim() == 2:
+        raw, dims, positions = x, 0, 1
+    elif x.dim() > 2:
+        raw = x.reshape(x.shape[0], x.shape[1], -1)
+        dims, positions = (0, 2), raw.shape[2]
+    else:
         raise ValueError(f"cannot take channel statistics of a tensor of shape {tuple(x.shape)}")
-    raw = x if x.dim() == 2 else x.reshape(x.shape[0], x.shape[1], -1)
-    if buf is None:
+    if keep is None:
         buf = ws.scratch(raw.shape, raw.device)
-    dims = 0 if raw.dim() == 2 else (0, 2)
+    else:
+        buf = ws.keep(keep, raw.shape, raw.device)
     v = torch.clamp_min(raw, 0, out=buf) if relu else raw
     lo = hi = None
     if extremes:
         lo, hi = v.amin(dims).float(), v.amax(dims).float()
     s = v.sum(dims, dtype=torch.float32)
-    positions = 1 if raw.dim() == 2 else raw.shape[2]
-    col = s if raw.dim() == 2 else s[:, None]
+    col = s if positions == 1 else s[:, None]
     alpha = 1.0 / (raw.shape[0] * positions)
     if relu:
         buf.sub_(col, alpha=alpha)
     else:
         torch.sub(v, col, alpha=alpha, out=buf)
-    if raw.dim() == 2:
+    if positions == 1:
         m2 = torch.linalg.vecdot(buf, buf, dim=0)
     else:
         m2 = torch.linalg.vecdot(buf, buf, dim=-1).sum(0)
