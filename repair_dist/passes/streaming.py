@@ -110,13 +110,14 @@ def centre_into(
     if extremes:
         lo, hi = v.amin(dims).float(), v.amax(dims).float()
     s = v.sum(dims, dtype=torch.float32)
-    col = s if positions == 1 else s[:, None]
+    flat = raw.dim() == 2
+    col = s if flat else s[:, None]
     alpha = 1.0 / (raw.shape[0] * positions)
     if relu:
         buf.sub_(col, alpha=alpha)
     else:
         torch.sub(v, col, alpha=alpha, out=buf)
-    if positions == 1:
+    if flat:
         m2 = torch.linalg.vecdot(buf, buf, dim=0)
     else:
         m2 = torch.linalg.vecdot(buf, buf, dim=-1).sum(0)
