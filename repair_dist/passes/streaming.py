@@ -165,33 +165,37 @@ class RunningMoments:
         crosses: dict[Probe, torch.Tensor],
     ) -> None:
         order = [parts_a[p] for p in self.probes] + [parts_b[p] for p in self.probes]
-        s = torch.cat([q.s for q in order]).double()
-        m2 = torch.cat([q.m2 for q in order]).double()
+        both = torch.cat([q.s for q in order] + [q.m2 for q in order]).double()
         ext = [parts_a[p] for p in self.cross] + [parts_b[p] for p in self.cross]
+        lohi = torch.cat([q.lo for q in ext] + [q.hi for q in ext]) if ext else None
         if self.images == 0:
             self._layout(parts_a)
-            self.mean = s.div_(self.positions * images)
-            self.m2 = m2
+            self.mean = both[: 2 * self.total].div_(self.positions * images)
+            self.m2 = both[2 * self.total :]
+            self.delta = torch.empty_like(self.mean)
+            self.deltas = {}
+            for p in self.cross:
+                a = self.offsets[self.slot[p]]
+                c = self.sizes[self.slot[p]]
+                b = self.total + a
+                self.deltas[p] = (self.delta[a : a + c], self.delta[b : b + c])
             self.c = {p: crosses[p].double() for p in self.cross}
-            if ext:
-                self.lo = torch.cat([q.lo for q in ext])
-                self.hi = torch.cat([q.hi for q in ext])
+            self.lohi = lohi
             self.images = images
             return
         n0, n = self.images, self.images + images
-        delta = s.div_(self.positions * images).sub_(self.mean)
+        delta = self.delta
+        torch.div(both[: 2 * self.total], self.positions * images, out=delta).sub_(self.mean)
         self.mean.add_(delta, alpha=images / n)
         w = n0 * images / n
-        self.m2.add_(m2).addcmul_(delta, delta * self.positions, value=w)
+        self.m2.add_(both[2 * self.total :]).addcmul_(delta, delta * self.positions, value=w)
         for p in self.cross:
-            i = self.slot[p]
-            lo, c = self.offsets[i], self.sizes[i]
-            da = delta[lo : lo + c]
-            db = delta[self.total + lo : self.total + lo + c]
+            da, db = self.deltas[p]
             self.c[p].add_(crosses[p]).addr_(da, db, alpha=w * self.pos[p])
-        if ext:
-            torch.minimum(self.lo, torch.cat([q.lo for q in ext]), out=self.lo)
-            torch.maximum(self.hi, torch.cat([q.hi for q in ext]), out=self.hi)
+        if lohi is not None:
+            e = len(lohi) // 2
+            torch.minimum(self.lohi[:e], lohi[:e], out=self.lohi[:e])
+            torch.maximum(self.lohi[e:], lohi[e:], out=self.lohi[e:])
         self.images = n
 
     def result(self) -> StatsDict:
@@ -200,9 +204,9 @@ class RunningMoments:
         if self.images == 0:
             return out
         mean, m2 = self.mean.cpu(), self.m2.cpu()
-        ext = len(self.cross) and self.lo.numel() // 2
-        lo = self.lo.double().cpu() if self.cross else None
-        hi = self.hi.double().cpu() if self.cross else None
+        ext = len(self.cross) and self.lohi.numel() // 4  # A's, then B's, lo then hi
+        lohi = self.lohi.double().cpu() if self.cross else None
+        lo, hi = (lohi[: 2 * ext], lohi[2 * ext :]) if self.cross else (None, None)
         cross_at: dict[Probe, int] = {}
         off = 0
         for p in self.cross:
