@@ -16,7 +16,8 @@ of its cost. Batches then merge in float64 with Chan et al.'s parallel update, s
 shards made of whole batches combine to the statistics of the whole up to float64 rounding, in
 any order, and memory never depends on the dataset size. (Re-splitting *one* batch into
 smaller chunks changes its float32 part at about 1e-7 relative.) Conv maps are flattened over
-positions: every pixel is a sample.
+positions: every pixel is a sample. The alignment pass computes exactly these moments with
+less work per batch (:mod:`.streaming`).
 
 :class:`CrossMoments` also keeps each channel's exact minimum and maximum, so a constant (dead
 or collapsed) unit is recognised exactly (max == min) and correlates exactly 0, instead of
