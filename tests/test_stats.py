@@ -207,3 +207,5 @@ def test_alignment_pass_equals_batchwise_moments_merged():
             torch.testing.assert_close(got[p].corr(), ref[p].corr(), rtol=0, atol=2e-6)
     for p in (Probe("0", relu=True), Probe("1")):
         assert (got[p].corr()[1] == 0).all()  # the dead unit
+    # the pass runs under inference_mode, but hands back ordinary tensors
+    assert not any(t.is_inference() for m in got.values() for t in m._tensors())

@@ -199,7 +199,10 @@ class RunningMoments:
         self.images = n
 
     def result(self) -> StatsDict:
-        """One :class:`CrossMoments` per probe (on the CPU); empty before any batch."""
+        """One :class:`CrossMoments` per probe (on the CPU); empty before any batch.
+
+        Every tensor is a fresh copy, so state built under ``inference_mode`` never leaks out.
+        """
         out = StatsDict()
         if self.images == 0:
             return out
@@ -224,7 +227,8 @@ class RunningMoments:
                 j = cross_at[p]
                 extremes = (lo[j : j + c], hi[j : j + c], lo[ext + j : ext + j + c])
                 extremes = (*extremes, hi[ext + j : ext + j + c])
-                out[p] = CrossMoments(*moments, self.c[p].cpu(), *(t.clone() for t in extremes))
+                cab = self.c[p].cpu().clone()
+                out[p] = CrossMoments(*moments, cab, *(t.clone() for t in extremes))
             else:
                 out[p] = CrossMoments(*moments, empty, empty, empty, empty, empty)
         return out
