@@ -45,10 +45,10 @@ from repair_dist.passes import (
     Probe,
     StatsDict,
     alignment_stats_pass,
-    centred,
     flatten_channels,
     tap,
 )
+from repair_dist.passes.streaming import Workspace, centre_into
 from repair_dist.perm import permutation_spec
 from repair_dist.perm.activation import alignment_probes, repair_only_probes
 
@@ -96,9 +96,10 @@ def synthetic(n: int, shape: tuple[int, ...]) -> torch.utils.data.Dataset:
     return train
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def plain_forward(net_a, net_b, plan: BatchPlan) -> None:
-    """The baseline: eval forward of A and B over the same batches, nothing observed."""
+    """The baseline: eval forward of A and B over the same batches, nothing observed, under
+    ``inference_mode`` as the statistics pass runs its forwards (the fastest plain forward)."""
     net_a.eval()
     net_b.eval()
     for x, _ in plan.batches():
@@ -107,16 +108,23 @@ def plain_forward(net_a, net_b, plan: BatchPlan) -> None:
 
 
 @torch.no_grad()
-def forward_with_taps(net_a, net_b, plan: BatchPlan, probes) -> None:
-    """The pass without its moments: hooks centre every probe's activation, then drop it."""
-    acts_a: dict = {}
-    acts_b: dict = {}
-    with tap(net_a, probes, acts_a, centred), tap(net_b, probes, acts_b, centred):
+def forward_with_taps(net_a, net_b, plan: BatchPlan, probes, lean) -> None:
+    """The trial pass without its moments: the hooks centre every probe's activation as the
+    pass does (A's matching probes into kept buffers, the rest into one scratch), then drop it.
+    """
+    ws = Workspace()
+    skip = set(lean)
+
+    def observe_a(p, act):
+        centre_into(act, p.relu, ws, keep=None if p in skip else p, extremes=p not in skip)
+
+    def observe_b(p, act):
+        centre_into(act, p.relu, ws, extremes=p not in skip)
+
+    with tap(net_a, probes, {}, observe_a), tap(net_b, probes, {}, observe_b):
         for x, _ in plan.batches():
             net_a(x)
             net_b(x)
-            acts_a.clear()
-            acts_b.clear()
 
 
 def _float64_moments(a: torch.Tensor, b: torch.Tensor, cross: bool) -> tuple:
@@ -203,7 +211,7 @@ def part_a(name, net_a, net_b, plan, probes, repeats):
     lean = repair_only_probes(permutation_spec(net_a))  # what a trial without closed_form runs
     fns = {
         "plain": lambda: plain_forward(net_a, net_b, plan),
-        "taps": lambda: forward_with_taps(net_a, net_b, plan, probes),
+        "taps": lambda: forward_with_taps(net_a, net_b, plan, probes, lean),
         "ours": lambda: alignment_stats_pass(net_a, net_b, batches=plan.batches(), probes=probes),
         "trial": lambda: alignment_stats_pass(
             net_a, net_b, batches=plan.batches(), probes=probes, moments_only=lean
@@ -523,8 +531,9 @@ def main() -> None:
         "closed_form runs\n  (cross matrices at matching probes, per-channel moments at "
         "REPAIR-only probes).\n"
         "  f64 trial = the same trial pass as the former engine ran it (clone in the hook, "
-        "float64 copies and GEMM);\n  hooks-only = the forward with the hooks centring "
-        "each probe (the one copy the statistics need), no moments."
+        "float64 copies and GEMM);\n  hooks-only = the trial's forward with its hooks "
+        "centring each probe as the pass does (sums, centred copy, sums of squares, "
+        "extremes),\n  no cross GEMM and no float64 merge."
     )
     fair = part_b("mlp d8 w128", mlp_a, mlp_b, mlp_plan, args.repeats)
     print_table(

@@ -152,3 +152,60 @@ def test_cross_moments_travel_as_one_tensor_and_arrive_equal():
         assert back.n == m.n and back.has_cross == cross
         for x, y in zip(m._tensors(), back._tensors(), strict=True):
             assert torch.equal(x, y)
+
+
+def test_alignment_pass_equals_batchwise_moments_merged():
+    """The pass's streaming engine (flat float64 merges, cross GEMM in B's hook, shared
+    scratch) gives the moments of :meth:`CrossMoments.from_batch` merged batch by batch, at
+    linear, conv and 1x1-spatial probes, with ReLU probes, an in-place ReLU after a probe,
+    moments-only probes and a dead unit (correlating exactly 0)."""
+    from repair_dist.passes import alignment_stats_pass, snapshot
+
+    def net(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        m = torch.nn.Sequential(
+            torch.nn.Conv2d(2, 5, 3),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Conv2d(5, 4, 4),  # 4x4 -> 1x1 spatial
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 6),
+        )
+        with torch.no_grad():
+            m[0].weight[1] = 0.0
+            m[0].bias[1] = -1.0  # channel 1 is dead after the ReLU
+        return m.eval()
+
+    net_a, net_b = net(0), net(1)
+    gen = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(n, 2, 6, 6, generator=gen) + 2, None) for n in (9, 4, 7)]
+    probes = [Probe("0", relu=True), Probe("1"), Probe("2"), Probe("4")]
+    lean = [Probe("2")]
+    got = alignment_stats_pass(net_a, net_b, batches=batches, probes=probes, moments_only=lean)
+    ref = StatsDict()
+    acts_a: dict = {}
+    acts_b: dict = {}
+    with (
+        torch.no_grad(),
+        tap(net_a, probes, acts_a, snapshot),
+        tap(net_b, probes, acts_b, snapshot),
+    ):
+        for x, _ in batches:
+            net_a(x)
+            net_b(x)
+            for p in probes:
+                ref.add(p, CrossMoments.from_batch(acts_a[p], acts_b[p], p not in lean))
+    assert got.keys() == ref.keys()
+    for p in probes:
+        assert got[p].n == ref[p].n and got[p].has_cross == (p not in lean)
+        for name in ("mean_a", "mean_b", "m2_a", "m2_b", "c_ab"):
+            e, g = getattr(ref[p], name), getattr(got[p], name)
+            assert g.dtype == torch.float64 and g.shape == e.shape
+            if e.numel() == 0:  # no cross terms at a moments-only probe
+                continue
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * max(float(e.abs().max()), 1.0))
+        if p not in lean:
+            torch.testing.assert_close(got[p].corr(), ref[p].corr(), rtol=0, atol=2e-6)
+    for p in (Probe("0", relu=True), Probe("1")):
+        assert (got[p].corr()[1] == 0).all()  # the dead unit
+    # the pass runs under inference_mode, but hands back ordinary tensors
+    assert not any(t.is_inference() for m in got.values() for t in m._tensors())

@@ -3,6 +3,7 @@
 * :mod:`.executor` - ``run_pass``: in process (``workers=1``) or sharded over a Ray pool.
 * :mod:`.probes`, :mod:`.taps` - named observation points and the forward hooks that read them.
 * :mod:`.stats` - streaming, mergeable statistics (shards add up to the whole).
+* :mod:`.streaming` - the alignment pass's engine for those statistics (least work per batch).
 * :mod:`.functions` - the pass functions: alignment statistics, channel statistics, evaluation.
 
 Study-specific passes (REPAIR's recalibration) live with their study and use these pieces.

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..data.batches import Batch
 from .probes import Probe
-from .stats import Centred, CoMoments, CrossMoments, StatsDict, centre
+from .stats import Centred, CoMoments, StatsDict, centre
+from .streaming import BatchProbe, RunningMoments, Workspace, centre_into, cross_gemm
 from .taps import Observe, tap
 
 
@@ -60,27 +61,57 @@ def alignment_stats_pass(
 
     Permuting B does not change its function, so the correlations of every permutation group
     (and the endpoint statistics REPAIR needs) come from this single pass over unpermuted nets.
+    The moments are those of :meth:`CrossMoments.from_centred` merged batch by batch; see
+    :mod:`.streaming` for how they are computed cheaply.
     """
     net_a.eval()
     net_b.eval()
     device = device_of(net_a)
     probes = list(dict.fromkeys(probes))
     skip = set(moments_only)
-    acts_a: dict[Probe, Centred] = {}
-    acts_b: dict[Probe, Centred] = {}
-    out = StatsDict()
+    cross = [p for p in probes if p not in skip]
+    ws = Workspace()
+    parts_a: dict[Probe, BatchProbe] = {}
+    parts_b: dict[Probe, BatchProbe] = {}
+    crosses: dict[Probe, torch.Tensor] = {}
+
+    def observe_a(p: Probe, act: torch.Tensor) -> None:
+        if p in skip:
+            parts_a[p] = centre_into(act, p.relu, ws)[1]
+        else:  # kept until B's hook for the same probe runs the cross GEMM
+            parts_a[p] = centre_into(act, p.relu, ws, keep=p, extremes=True)[1]
+
+    def observe_b(p: Probe, act: torch.Tensor) -> None:
+        if p in skip:
+            parts_b[p] = centre_into(act, p.relu, ws)[1]
+        else:  # B's centred data lives in the scratch only until the GEMM with A's copy
+            centred_b, parts_b[p] = centre_into(act, p.relu, ws, extremes=True)
+            crosses[p] = cross_gemm(ws.kept[p], centred_b)
+
+    running = RunningMoments(probes, cross)
+    # inference_mode: the many small per-batch ops skip autograd's version counting (about
+    # 8% of an MLP trial pass); result() hands back ordinary tensors.
     with (
-        tap(net_a, probes, acts_a, _centring(skip)),
-        tap(net_b, probes, acts_b, _centring(skip)),
+        torch.inference_mode(),
+        tap(net_a, probes, {}, observe_a),
+        tap(net_b, probes, {}, observe_b),
     ):
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             net_a(x)
             net_b(x)
             for p in probes:
-                part = CrossMoments.from_centred(acts_a.pop(p), acts_b.pop(p), p not in skip)
-                out.add(p, part)
-    return out.cpu()
+                a, b = parts_a[p], parts_b[p]
+                if (a.images, a.positions) != (b.images, b.positions) or a.images != len(x):
+                    raise ValueError(
+                        f"probe {p.module!r} saw {a.images}x{a.positions} samples in A and "
+                        f"{b.images}x{b.positions} in B for a batch of {len(x)}"
+                    )
+            running.add(x.shape[0], parts_a, parts_b, crosses)
+            parts_a.clear()
+            parts_b.clear()
+            crosses.clear()
+    return running.result()
 
 
 @torch.no_grad()
