@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -99,15 +100,16 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
 
     # A fresh process rerunning the finished sweep starts no Ray and opens no MLflow.
     code = (
-        "import sys\n"
-        "from test_sweep_e2e import tiny_sweep\n"
+        "import json, sys\n"
+        "from repair_dist.sweep.config import Sweep\n"
         "from repair_dist.sweep.runner import run_sweep\n"
-        f"out = run_sweep(tiny_sweep(), root={root!r})\n"
+        f"sweep = Sweep.from_dict(json.loads({json.dumps(sweep.to_dict())!r}))\n"
+        f"out = run_sweep(sweep, root={root!r})\n"
         "ray = sys.modules.get('ray')\n"
         "print(out.trials_run, out.trials_reused, bool(ray and ray.is_initialized()),"
         " 'mlflow' in sys.modules)\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{Path(__file__).parent}"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def rerun() -> list[str]:
         proc = subprocess.run(

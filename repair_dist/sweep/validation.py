@@ -10,7 +10,7 @@ architecture on PyTorch's ``meta`` device (shapes only, no memory, no data).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from ..data import DATASETS, check_dataset, dataset_info
@@ -33,6 +33,7 @@ from .config import (
     takes_depth,
 )
 from .studies import STUDIES
+from .studies.base import check_choices
 
 # --------------------------------------------------------------------------------------------
 # model arguments: asked of the model's own constructor, never re-implemented here
@@ -107,25 +108,6 @@ def _check_positive_int(
         return
     if not (is_int(value) and int(value) >= 1):  # type: ignore[call-overload]
         problems.append(f"{field}: must be an integer >= 1 (got {value!r})")
-
-
-def _check_choices(
-    problems: list[str],
-    field: str,
-    values: object,
-    choices: Sequence[str],
-    *,
-    allow_empty: bool = False,
-) -> None:
-    if not isinstance(values, tuple) or (not values and not allow_empty):
-        problems.append(f"{field}: must be a non-empty list (got {values!r})")
-        return
-    for v in values:
-        if v not in choices:
-            problems.append(f"{field}: unknown {v!r}; choose from {', '.join(choices)}")
-    dupes = sorted({str(v) for v in values if values.count(v) > 1})
-    if dupes:
-        problems.append(f"{field}: listed twice: {', '.join(dupes)}")
 
 
 def _check_name(problems: list[str], name: object) -> None:
@@ -390,7 +372,7 @@ def validate_sweep(
         problems.append(f"data_root: must be a path string (got {sweep.data_root!r})")
     studies = [st for st in STUDIES.values() if getattr(sweep, st.field, None) is not None]
     # A sweep that only runs studies (curves, pruning) may list no merge methods.
-    _check_choices(problems, "methods", sweep.methods, METHODS, allow_empty=bool(studies))
+    check_choices(problems, "methods", sweep.methods, METHODS, allow_empty=bool(studies))
     if sweep.residual not in RESIDUAL_MODES:
         problems.append(
             f"residual: unknown {sweep.residual!r}; choose one of {', '.join(RESIDUAL_MODES)} "
@@ -410,7 +392,7 @@ def validate_sweep(
             "are reported for every trial; list only REPAIR variants"
         )
         variants = tuple(v for v in variants if v not in ALWAYS_REPORTED)
-    _check_choices(problems, "variants", variants, VARIANTS, allow_empty=True)
+    check_choices(problems, "variants", variants, VARIANTS, allow_empty=True)
     _check_alphas(problems, sweep.alphas)
     _check_resources(problems, sweep, cluster_resources)
     if problems:

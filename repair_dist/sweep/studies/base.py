@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,6 +49,27 @@ def _plain(x: Any) -> Any:
 
 def _frozen(x: Any) -> Any:
     return tuple(_frozen(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def check_choices(
+    problems: list[str],
+    field: str,
+    values: object,
+    choices: Sequence[str],
+    *,
+    allow_empty: bool = False,
+) -> None:
+    """One line per problem of a list of names: not a list, empty (unless allowed), an
+    unknown name (with the choices), a name listed twice. The sweep's and studies' one rule."""
+    if not isinstance(values, tuple) or (not values and not allow_empty):
+        problems.append(f"{field}: must be a non-empty list (got {values!r})")
+        return
+    for v in values:
+        if v not in choices:
+            problems.append(f"{field}: unknown {v!r}; choose from {', '.join(choices)}")
+    dupes = sorted({str(v) for v in values if values.count(v) > 1})
+    if dupes:
+        problems.append(f"{field}: listed twice: {', '.join(dupes)}")
 
 
 class StudyConfig:
@@ -235,4 +256,4 @@ class Study(ABC):
         """(metrics, step metrics ``(name, value, step)``) of one unit, from its rows."""
 
 
-__all__ = ["Study", "StudyConfig", "StudyInputs", "StudySpec"]
+__all__ = ["Study", "StudyConfig", "StudyInputs", "StudySpec", "check_choices"]

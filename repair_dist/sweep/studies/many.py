@@ -39,7 +39,7 @@ from ...passes import resolve_executor
 from ...perm import apply_permutation, permutation_spec
 from ...perm.many import ALIGN_METHODS, align_many
 from ...repair import VARIANTS, repair
-from .base import Study, StudyConfig, StudyInputs, StudySpec
+from .base import Study, StudyConfig, StudyInputs, StudySpec, check_choices
 
 if TYPE_CHECKING:
     from ..config import EndpointConfig, Sweep
@@ -138,17 +138,6 @@ def _is_int(x: object) -> bool:
     return is_int(x)
 
 
-def _choices(
-    out: list[str], field: str, values: object, choices: tuple[str, ...], allow_empty: bool = False
-) -> None:
-    if not isinstance(values, tuple) or not (values or allow_empty):
-        out.append(f"{field}: must be a non-empty list (got {values!r})")
-        return
-    for v in values:
-        if v not in choices:
-            out.append(f"{field}: unknown {v!r}; choose one of {', '.join(choices)}")
-
-
 class MergeManyStudy(Study):
     name: ClassVar[str] = "merge_many"
     field: ClassVar[str] = "merge_many"
@@ -183,7 +172,7 @@ class MergeManyStudy(Study):
                 f"sweep's {len(seeds)} seeds ({', '.join(map(str, seeds))}); add seeds or "
                 "lower n_models"
             )
-        _choices(out, "merge_many.methods", config.methods, ALIGN_METHODS)
+        check_choices(out, "merge_many.methods", config.methods, ALIGN_METHODS)
         variants = config.variants
         if isinstance(variants, tuple):
             listed = [v for v in variants if v in BASELINES]
@@ -194,7 +183,7 @@ class MergeManyStudy(Study):
                 )
             variants = tuple(v for v in variants if v not in BASELINES)
         # [] is fine: only the naive and aligned averages
-        _choices(out, "merge_many.variants", variants, VARIANTS, allow_empty=True)
+        check_choices(out, "merge_many.variants", variants, VARIANTS, allow_empty=True)
         groups = config.groups
         if not (_is_int(groups) and int(groups) >= 1):
             out.append(f"merge_many.groups: must be an integer >= 1 (got {groups!r})")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 
 from ...prune import PRUNE_KINDS, PRUNE_REPAIR_VARIANTS, STRUCTURED_KINDS, pruning_rows
-from .base import Study, StudyConfig, StudyInputs, StudySpec
+from .base import Study, StudyConfig, StudyInputs, StudySpec, check_choices
 
 if TYPE_CHECKING:
     from ..config import Sweep
@@ -42,15 +42,6 @@ class PruningConfig(StudyConfig):
             object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
 
 
-def _choices(out: list[str], field: str, values: object, choices: tuple[str, ...]) -> None:
-    if not isinstance(values, tuple) or not values:
-        out.append(f"{field}: must be a non-empty list (got {values!r})")
-        return
-    for v in values:
-        if v not in choices:
-            out.append(f"{field}: unknown {v!r}; choose one of {', '.join(choices)}")
-
-
 class PruneStudy(Study):
     name: ClassVar[str] = "prune"
     field: ClassVar[str] = "pruning"
@@ -63,8 +54,8 @@ class PruneStudy(Study):
         if not isinstance(config, PruningConfig):
             return [f"pruning: expected a PruningConfig or a mapping, got {type(config).__name__}"]
         out: list[str] = []
-        _choices(out, "pruning.kinds", config.kinds, PRUNE_KINDS)
-        _choices(out, "pruning.variants", config.variants, PRUNE_REPAIR_VARIANTS)
+        check_choices(out, "pruning.kinds", config.kinds, PRUNE_KINDS)
+        check_choices(out, "pruning.variants", config.variants, PRUNE_REPAIR_VARIANTS)
         sparsities = config.sparsities
         if not isinstance(sparsities, tuple) or not sparsities:
             out.append(f"pruning.sparsities: must be a non-empty list (got {sparsities!r})")
