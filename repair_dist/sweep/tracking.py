@@ -176,6 +176,10 @@ def _build_store(path: Path, artifact_root: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{secrets.token_hex(4)}")
+    # MLflow announces its table creation at INFO in every new sweep's output: not news.
+    chatty = logging.getLogger("mlflow.store.db.utils")
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
     try:
         SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root)
         _forget_engine(f"sqlite:///{tmp}")
@@ -186,6 +190,7 @@ def _build_store(path: Path, artifact_root: str) -> None:
         except OSError:  # a filesystem without hard links
             os.replace(tmp, path)
     finally:
+        chatty.setLevel(level)
         tmp.unlink(missing_ok=True)
 
 
