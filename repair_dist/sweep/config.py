@@ -310,6 +310,10 @@ class Sweep:
     train_workers: int = 1
     data_root: str | None = None
     max_concurrent_trials: int | None = None
+    #: Merge trials run one after another inside one Tune trial (each still reported, logged
+    #: and resumed on its own); None: automatic, 1 for small sweeps and up to 16 for sweeps
+    #: of hundreds of trials, where Tune's per-trial bookkeeping outweighs a tiny trial.
+    trial_batch: int | None = None
     #: bf16 autocast (channels-last on GPU) in the trials' pass workers; float64 statistics.
     amp: bool = False
     #: Endpoint training optimizer (``sgd`` | ``adam``); ``lr`` None takes its default.

@@ -91,9 +91,11 @@ logging.getLogger(TUNE_LOGGER).addFilter(_NoTuneRestoreHint())
 class Progress(tune.Callback):
     """Quiet progress lines: done/running/failed of total, with an ETA.
 
-    A line per finished trial, at most one every ``every`` seconds (a sweep of a thousand
+    A line per finished unit, at most one every ``every`` seconds (a sweep of a thousand
     tiny trials should not print a thousand lines), and always for a failure and for the
-    last trial. Counted per trial id, not per event: Tune starts a retried trial again after
+    last unit. A Tune trial that runs a batch of units reports each one (``"unit"`` in its
+    result) and counts once per unit; any other trial counts once when it completes.
+    Counted per id, not per event: Tune starts a retried trial again after
     ``on_trial_recover`` (and may report a trial twice), so event counts drifted
     ("10/12 done, 4 running" at the end of a sweep with retries).
     """
@@ -103,6 +105,7 @@ class Progress(tune.Callback):
         self._running: set[str] = set()
         self._done: set[str] = set()
         self._failed: set[str] = set()
+        self._batches: set[str] = set()  # trials that report their units one by one
         self.started = time.monotonic()
         self._last_line = -float("inf")
 
@@ -143,10 +146,19 @@ class Progress(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._running.discard(trial.trial_id)  # failed, will start again
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        unit = result.get("unit")
+        if unit is not None:
+            self._batches.add(trial.trial_id)
+            if unit not in self._done:
+                self._done.add(unit)
+                self._line()
+
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._running.discard(trial.trial_id)
         self._failed.discard(trial.trial_id)
-        self._done.add(trial.trial_id)
+        if trial.trial_id not in self._batches:
+            self._done.add(trial.trial_id)
         self._line()
 
     def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
@@ -195,15 +207,18 @@ class TrialPublisher(tune.Callback):
         while (spec := self._queue.get()) is not None:
             self.publish(spec)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-        if self.tracker is None:
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        """Each unit is published as soon as its trial reports it (``"unit"``: its key), so
+        a Tune trial running a batch of merge trials still logs them one by one."""
+        if self.tracker is None or result.get("unit") is None:
             return
         if self._thread is None:
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
             self._thread.start()
-        key = trial.config.get("study", trial.config.get("trial"))
-        self._queue.put(self._specs[key])
+        spec = self._specs.pop(result["unit"], None)  # dropped once queued
+        if spec is not None:  # None: reported again by a retried trial (already queued)
+            self._queue.put(spec)
 
     def drain(self) -> None:
         """Wait until every queued trial is logged."""

@@ -362,7 +362,8 @@ def _run_units(
         _say(
             f"[{sweep.name}] stage 2: {len(plan.pending)} of {len(plan.trials)} merge trials to run"
         )
-        specs = {t.key(): trial_to_dict(t) for t in plan.pending}
+        batches = trial_batches(plan.pending, batch_size(sweep, len(plan.pending)))
+        specs = {name: [trial_to_dict(t) for t in batch] for name, batch in batches.items()}
         publisher.expect(plan.pending)
         fn = tune.with_parameters(
             merge_trainable,
@@ -416,6 +417,31 @@ def _run_units(
     publisher.drain()
     problems += publisher.problems
     return failed
+
+
+def batch_size(sweep: Sweep, pending: int) -> int:
+    """Merge trials per Tune trial: ``sweep.trial_batch``, or automatic: at least 8 batches
+    per concurrent trial slot (so the cores stay busy to the end), at most 16 trials each."""
+    if sweep.trial_batch is not None:
+        return int(sweep.trial_batch)
+    import ray
+
+    per_trial = float(sweep.cpus_per_worker)
+    if sweep.workers_per_trial > 1 or sweep.amp:
+        per_trial = 0.25 + sweep.workers_per_trial * float(sweep.cpus_per_worker)
+    slots = max(1, int(float(ray.cluster_resources().get("CPU", 1)) // max(per_trial, 1e-9)))
+    if sweep.max_concurrent_trials:
+        slots = min(slots, int(sweep.max_concurrent_trials))
+    return max(1, min(16, pending // (8 * slots)))
+
+
+def trial_batches(trials: Sequence[TrialSpec], size: int) -> dict[str, list[TrialSpec]]:
+    """Consecutive batches of ``size`` trials, named after their first trial's key."""
+    out: dict[str, list[TrialSpec]] = {}
+    for i in range(0, len(trials), size):
+        batch = list(trials[i : i + size])
+        out[f"{batch[0].key()}+{len(batch) - 1}"] = batch
+    return out
 
 
 def _train_endpoints(

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from pyarrow.fs import FileType
 from torch.utils.data import TensorDataset
 
 from ..collapse import filter_collapse
@@ -310,38 +311,58 @@ def run_merge_trial(
 def merge_trainable(
     config: dict[str, Any],
     *,
-    specs: Mapping[str, dict[str, Any]],
+    specs: Mapping[str, list[dict[str, Any]]],
     store: CheckpointStore,
     root: Location,
     data_root: str | None,
     workers: int,
     cpus: float,
 ) -> None:
-    """Stage 2 (Tune): one (pair, method) trial; shards its passes over the trial's workers."""
+    """Stage 2 (Tune): a batch of (pair, method) trials, one after another; each shards its
+    passes over the trial's workers and is reported as soon as its rows are written.
+
+    ``config["trial"]`` names the batch in ``specs``. A unit whose ``trials`` file exists was
+    finished by an earlier attempt of this batch (Tune retries a failed trial whole) and is
+    reported without being computed again. Why batches: Tune's own bookkeeping per trial
+    (placement group, actor reuse, state) cost the driver more than a tiny merge trial.
+    """
     _threads(cpus)
-    spec = trial_from_dict(specs[config["trial"]])
+    batch = [trial_from_dict(d) for d in specs[config["trial"]]]
     executor: Any = 1
-    if workers > 1 or spec.amp:
+    if workers > 1 or any(spec.amp for spec in batch):
         from ..distributed import pool_of_size
 
         # Lives in this trial's placement group (one bundle per worker, see the runner).
-        executor = pool_of_size(workers, amp=spec.amp)
-    tables = run_merge_trial(
-        spec,
-        store,
-        root,
-        data_root=data_root,
-        workers=executor,
-        loader_workers=max(0, int(cpus) - 1),  # one core computes, the rest decode
-    )
-    by_variant = tables["trials"].set_index("variant")
-    tune.report(
-        {
-            "barrier_loss_mid_aligned": float(by_variant.loc["aligned", "barrier_loss_mid"]),
-            "acc_mid_aligned": float(by_variant.loc["aligned", "acc_mid"]),
-            "done": 1,
-        }
-    )
+        executor = pool_of_size(workers, amp=any(spec.amp for spec in batch))
+    loc = Location.of(root)
+    failed: list[BaseException] = []
+    for spec in batch:
+        key = spec.key()
+        if loc.fs.get_file_info(loc.table_file("trials", spec.sweep, key)).type == FileType.File:
+            tune.report({"unit": key, "reused": 1})  # no "done": Tune would stop the batch
+            continue
+        try:
+            tables = run_merge_trial(
+                spec,
+                store,
+                loc,
+                data_root=data_root,
+                workers=executor,
+                loader_workers=max(0, int(cpus) - 1),  # one core computes, the rest decode
+            )
+        except Exception as err:  # the batch's other trials still run; Tune retries the rest
+            failed.append(err)
+            continue
+        by_variant = tables["trials"].set_index("variant")
+        tune.report(
+            {
+                "unit": key,
+                "barrier_loss_mid_aligned": float(by_variant.loc["aligned", "barrier_loss_mid"]),
+                "acc_mid_aligned": float(by_variant.loc["aligned", "acc_mid"]),
+            }
+        )
+    if failed:  # the first cause, as a single trial's failure would be
+        raise failed[0]
 
 
 def study_inputs(
@@ -456,4 +477,4 @@ def study_trainable(
         cpus_per_worker=worker_cpus,
         gpus_per_worker=worker_gpus,
     )
-    tune.report({"done": 1})
+    tune.report({"unit": spec.key(), "done": 1})

@@ -366,6 +366,7 @@ def validate_sweep(
     _check_positive_int(problems, "epochs", sweep.epochs)
     _check_positive_int(problems, "batch_size", sweep.batch_size)
     _check_positive_int(problems, "data_limit", sweep.data_limit, optional=True)
+    _check_positive_int(problems, "trial_batch", sweep.trial_batch, optional=True)
     if sweep.lr is not None and not (is_number(sweep.lr) and sweep.lr > 0):
         problems.append(f"lr: must be a number > 0 or null for the default (got {sweep.lr!r})")
     if sweep.data_root is not None and not isinstance(sweep.data_root, str):
