@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -286,9 +287,14 @@ def _run_locked(
 
         from ..distributed import release_cached_pools
 
-        validate_models(sweep)  # before any compute, still one message
-        if not ray.is_initialized():
-            _ray_up(address)
+        # The architectures are built (meta device) while Ray starts: both take seconds, one
+        # of waiting on Ray's processes, one of importing torch's compiler stack. A bad one
+        # still stops the sweep before any compute, with one message.
+        with ThreadPoolExecutor(1, thread_name_prefix="validate") as background:
+            checked = background.submit(validate_models, sweep)
+            if not ray.is_initialized():
+                _ray_up(address)
+            checked.result()
         # Pools this process cached for earlier sharded passes (a notebook's workers=N) are
         # idle now; left alive they hold the CPUs/GPUs the sweep's trials wait for, forever.
         release_cached_pools()
@@ -302,10 +308,16 @@ def _run_locked(
     units_done = finished_studies(loc, plan.units)
     units_unfinished = [u for u in plan.units if u.key() not in units_done]
     ran = bool(plan.train or plan.pending or plan.units_pending)
-    if ran or _has_unit_files(loc, sweep.name):
-        compact_sweep(loc, sweep.name)  # a few files per table instead of one per trial
-    if ran and loc.local:
-        _draw_sweep_figures(loc, sweep.name, tracker, problems)
+    # The sweep's figures are drawn while its tables are compacted (readers see every row
+    # exactly once at any point of a compaction, see .compaction).
+    with ThreadPoolExecutor(1, thread_name_prefix="figures") as background:
+        drawn = None
+        if ran and loc.local:
+            drawn = background.submit(_draw_sweep_figures, loc, sweep.name, tracker, problems)
+        if ran or _has_unit_files(loc, sweep.name):
+            compact_sweep(loc, sweep.name)  # a few files per table instead of one per trial
+        if drawn is not None:
+            drawn.result()
     if tracker is not None:
         finished = {t.key() for t in plan.trials if t.key() in done}
         finished |= {u.key() for u in plan.units if u.key() in units_done}

@@ -18,10 +18,8 @@ from ..location import SAFE_NAME, SAFE_PUNCTUATION
 from ..models import MODEL_NAMES, build_model
 from ..perm.activation import RESIDUAL_MODES
 from ..pipeline import METHODS
-from ..repair import VARIANTS
 from ..train import OPTIMIZERS
 from .config import (
-    ALWAYS_REPORTED,
     ArchGrid,
     Sweep,
     SweepConfigError,
@@ -33,7 +31,7 @@ from .config import (
     takes_depth,
 )
 from .studies import STUDIES
-from .studies.base import check_choices
+from .studies.base import check_choices, check_repair_variants
 
 # --------------------------------------------------------------------------------------------
 # model arguments: asked of the model's own constructor, never re-implemented here
@@ -385,15 +383,7 @@ def validate_sweep(
         )
     for st in studies:
         problems += st.problems(getattr(sweep, st.field), sweep)
-    variants = sweep.variants
-    always = [v for v in variants if v in ALWAYS_REPORTED] if isinstance(variants, tuple) else []
-    if always:
-        problems.append(
-            f"variants: {', '.join(map(repr, always))} need not be listed: naive and aligned "
-            "are reported for every trial; list only REPAIR variants"
-        )
-        variants = tuple(v for v in variants if v not in ALWAYS_REPORTED)
-    check_choices(problems, "variants", variants, VARIANTS, allow_empty=True)
+    check_repair_variants(problems, "variants", sweep.variants, "trial")
     _check_alphas(problems, sweep.alphas)
     _check_resources(problems, sweep, cluster_resources)
     if problems:

@@ -72,6 +72,22 @@ def check_choices(
         problems.append(f"{field}: listed twice: {', '.join(dupes)}")
 
 
+def check_repair_variants(out: list[str], field: str, values: object, unit: str) -> None:
+    """Problems of a list of REPAIR variants (may be empty): naive and aligned are reported for
+    every ``unit`` anyway, so listing them is a mistake worth a line; then :func:`check_choices`."""
+    from ...variants import ALWAYS_REPORTED, VARIANTS
+
+    if isinstance(values, tuple):
+        listed = [v for v in values if v in ALWAYS_REPORTED]
+        if listed:
+            out.append(
+                f"{field}: {', '.join(map(repr, listed))} need not be listed: naive and aligned "
+                f"are reported for every {unit}; list only REPAIR variants"
+            )
+        values = tuple(v for v in values if v not in ALWAYS_REPORTED)
+    check_choices(out, field, values, VARIANTS, allow_empty=True)
+
+
 class StudyConfig:
     """Mixin of a study's frozen config dataclass: built from a YAML/JSON mapping."""
 
@@ -256,4 +272,11 @@ class Study(ABC):
         """(metrics, step metrics ``(name, value, step)``) of one unit, from its rows."""
 
 
-__all__ = ["Study", "StudyConfig", "StudyInputs", "StudySpec", "check_choices"]
+__all__ = [
+    "Study",
+    "StudyConfig",
+    "StudyInputs",
+    "StudySpec",
+    "check_choices",
+    "check_repair_variants",
+]

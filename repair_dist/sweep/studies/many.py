@@ -38,8 +38,8 @@ from ...metrics import evaluate
 from ...passes import resolve_executor
 from ...perm import apply_permutation, permutation_spec
 from ...perm.many import ALIGN_METHODS, align_many
-from ...repair import VARIANTS, repair
-from .base import Study, StudyConfig, StudyInputs, StudySpec, check_choices
+from ...repair import repair
+from .base import Study, StudyConfig, StudyInputs, StudySpec, check_choices, check_repair_variants
 
 if TYPE_CHECKING:
     from ..config import EndpointConfig, Sweep
@@ -173,17 +173,8 @@ class MergeManyStudy(Study):
                 "lower n_models"
             )
         check_choices(out, "merge_many.methods", config.methods, ALIGN_METHODS)
-        variants = config.variants
-        if isinstance(variants, tuple):
-            listed = [v for v in variants if v in BASELINES]
-            if listed:
-                out.append(
-                    f"merge_many.variants: {', '.join(map(repr, listed))} need not be listed: "
-                    "naive and aligned are reported for every unit; list only REPAIR variants"
-                )
-            variants = tuple(v for v in variants if v not in BASELINES)
         # [] is fine: only the naive and aligned averages
-        check_choices(out, "merge_many.variants", variants, VARIANTS, allow_empty=True)
+        check_repair_variants(out, "merge_many.variants", config.variants, "unit")
         groups = config.groups
         if not (_is_int(groups) and int(groups) >= 1):
             out.append(f"merge_many.groups: must be an integer >= 1 (got {groups!r})")
