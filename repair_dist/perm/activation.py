@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -67,6 +66,8 @@ def assign(corr: torch.Tensor) -> torch.Tensor:
     (each re-made pair still has a zero member), and the answer depends only on the rounded
     matrix, hence not on how many workers reduced the statistics.
     """
+    from scipy.optimize import linear_sum_assignment  # here: importing the module stays light
+
     c = torch.round(corr.to(torch.float64), decimals=CORR_DECIMALS)
     _, col = linear_sum_assignment(c.numpy(), maximize=True)
     col = torch.as_tensor(col, dtype=torch.long)

@@ -260,9 +260,10 @@ def _raise_if_disk_full(err: BaseException, loc: Location, ckpts: CheckpointStor
 
 
 def _resources_before_ray(joining: bool) -> dict[str, Any]:
-    import ray
+    ray = sys.modules.get("ray")  # not imported yet: not initialised either (and stays so)
+    if joining or (ray is not None and ray.is_initialized()):
+        import ray
 
-    if joining or ray.is_initialized():
         return dict(ray.cluster_resources())
     return local_resources()
 

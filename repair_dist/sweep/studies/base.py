@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 
 from ... import store as _store
-from ...curves import fit_curve
 from ...store import canonical_json
 
 if TYPE_CHECKING:
@@ -212,6 +211,13 @@ class StudySpec:
         return {c: getattr(self.endpoints[0], c) for c in TRIAL_ID_COLUMNS}
 
 
+def _fit_curve_in_process(*args: Any, **kwargs: Any) -> Any:
+    """:func:`repair_dist.fit_curve`, imported on first use (a registry import stays light)."""
+    from ...curves import fit_curve
+
+    return fit_curve(*args, **kwargs)
+
+
 @dataclass
 class StudyInputs:
     """What a unit computes from: the checkpoint store, the datasets and the pass workers.
@@ -228,7 +234,7 @@ class StudyInputs:
     train_plan: BatchPlan
     test_plan: BatchPlan
     workers: Any = 1
-    fit_curve: Callable[..., Any] = fit_curve
+    fit_curve: Callable[..., Any] = _fit_curve_in_process
 
 
 class Study(ABC):
