@@ -156,3 +156,27 @@ def test_compaction_works_through_a_pyarrow_filesystem_uri(tmp_path: Path) -> No
     assert sorted(read_table(uri, "filters", "s")["collapsed"]) == [0, 0, 1, 1, 2, 2]
     shutil.rmtree(tmp_path / "filters")
     assert read_table(uri, "filters", "s").empty
+
+
+def test_a_read_that_races_a_compaction_lists_again_and_reads_every_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader lists the unit files, a compaction deletes them, the reader opens them: it
+    must list again (the new part is in place before any delete), not fail or miss rows."""
+    from repair_dist.sweep import results as results_mod
+
+    for i in range(4):
+        write_rows(tmp_path, "filters", "s", f"{i:016x}", _filters(f"{i:016x}", i))
+    before = _state(tmp_path, "s")
+    stale = partitions(tmp_path, "filters", "s")  # listed before the compaction...
+    compact_table(tmp_path, "filters", "s")  # ...which deletes every listed unit file
+    real = results_mod.partitions
+    calls = {"n": 0}
+
+    def first_listing_is_stale(*args, **kwargs):
+        calls["n"] += 1
+        return stale if calls["n"] == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(results_mod, "partitions", first_listing_is_stale)
+    assert _state(tmp_path, "s") == before
+    assert calls["n"] == 2  # the stale listing failed to open, the second one read the part

@@ -426,6 +426,28 @@ def _conform(data: pa.Table, table: str, columns: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=columns)
 
 
+#: Listings read_table tries when a compaction removes files under it (each try is consistent).
+_READ_ATTEMPTS = 5
+
+
+def _read_pieces(loc: Location, table: str, sweep: str | None, wanted: list[str]) -> list[pa.Table]:
+    """One listing of the table and the rows it names (FileNotFoundError: listing is stale)."""
+    file_columns = [c for c in wanted if c != "sweep"]
+    pieces: list[pa.Table] = []
+    for part in partitions(loc, table, sweep):
+        chunks = []
+        if part.units:
+            chunks.append(_read_units(loc, table, list(part.units.values()), file_columns))
+        parts = _read_parts(loc, part, file_columns)
+        if parts is not None:
+            chunks.append(_conform(parts, table, file_columns))
+        for data in chunks:
+            if "sweep" in wanted:
+                data = data.append_column("sweep", pa.array([part.sweep] * data.num_rows, _S))
+            pieces.append(data.select(wanted))
+    return pieces
+
+
 def read_table(
     root: str | os.PathLike | Location,
     table: str,
@@ -447,19 +469,15 @@ def read_table(
         if bad:
             raise ValueError(f"{table} has no column(s) {', '.join(bad)}")
     wanted = list(columns) if columns is not None else list(full.names)
-    file_columns = [c for c in wanted if c != "sweep"]
-    pieces: list[pa.Table] = []
-    for part in partitions(loc, table, sweep):
-        chunks = []
-        if part.units:
-            chunks.append(_read_units(loc, table, list(part.units.values()), file_columns))
-        parts = _read_parts(loc, part, file_columns)
-        if parts is not None:
-            chunks.append(_conform(parts, table, file_columns))
-        for data in chunks:
-            if "sweep" in wanted:
-                data = data.append_column("sweep", pa.array([part.sweep] * data.num_rows, _S))
-            pieces.append(data.select(wanted))
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            pieces = _read_pieces(loc, table, sweep, wanted)
+            break
+        except FileNotFoundError:
+            # A compaction deleted a listed file between listing and reading. Its new part
+            # was in place before the first delete, so listing again reads every row once.
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
     if not pieces:
         return _empty(table, columns)
     frame = pa.concat_tables(pieces).to_pandas()
