@@ -101,7 +101,12 @@ def test_unit_rows_of_an_unknown_unit_is_one_clear_error(tmp_path: Path) -> None
         write_rows(tmp_path, "filters", "s", "part-x", _filters("x", 1))
 
 
-def test_random_writes_compactions_and_crashes_never_lose_or_double_a_row(tmp_path: Path) -> None:
+def test_random_writes_compactions_and_crashes_never_lose_or_double_a_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from repair_dist.sweep import compaction
+
+    monkeypatch.setattr(compaction, "_FILES_PER_PIECE", 3)  # parts written in several pieces
     rng = random.Random(0)
     keys = [f"{i:016x}" for i in range(8)]
     model: dict[str, int] = {}

@@ -23,10 +23,12 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -109,24 +111,22 @@ def compact_table(root: str | os.PathLike | Location, table: str, sweep: str) ->
     before = len(part.units) + len(part.parts)
     if not part.units and len(part.parts) <= 1:
         return Compacted(table, 0, 0, before, before)
-    names = list(FILE_SCHEMAS[table].names)
-    older = _read_parts(loc, part, [*names, META_COLUMN])
-    pieces = [_unit_files(loc, table, part)] if part.units else []
-    if older is not None:
-        kept = _conform(older, table, names)
-        kept = kept.append_column(UNIT_COLUMN, older[UNIT_COLUMN])
-        pieces.append(kept.append_column(META_COLUMN, older[META_COLUMN]))
     schema = _part_schema(table)
-    data = pa.concat_tables([p.cast(schema) for p in pieces]).replace_schema_metadata(
-        schema.metadata
-    )
     directory = loc.table_dir(table, sweep)
     final = f"{directory}/{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = f"{directory}/.{final.rsplit('/', 1)[1]}.tmp"
+    units: set[str] = set()
+    rows = 0
     with writing(f"compacted {table} rows", final):
         try:
-            with loc.fs.open_output_stream(tmp) as out:
-                pq.write_table(data, out, compression="zstd")
+            with (
+                loc.fs.open_output_stream(tmp) as out,
+                pq.ParquetWriter(out, schema, compression="zstd") as writer,
+            ):
+                for piece in _pieces(loc, table, part):
+                    writer.write_table(piece.cast(schema))
+                    units.update(pc.unique(piece[UNIT_COLUMN]).to_pylist())
+                    rows += piece.num_rows
             loc.fs.move(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -139,9 +139,27 @@ def compact_table(root: str | os.PathLike | Location, table: str, sweep: str) ->
         info = listed[path]
         if (info.size, info.mtime_ns) == part.stamps[key]:  # not rewritten since read
             loc.fs.delete_file(path)
-    units = len(set(data[UNIT_COLUMN].to_pylist()))
     after = len(partitions(loc, table, sweep)[0].units) + 1
-    return Compacted(table, units, data.num_rows, before, after)
+    return Compacted(table, len(units), rows, before, after)
+
+
+#: Unit files read (and held) at a time: compaction's memory stays flat in the sweep's size.
+_FILES_PER_PIECE = 512
+
+
+def _pieces(loc: Location, table: str, part: Partition) -> Iterator[pa.Table]:
+    """The new part's rows, a bounded piece at a time: the rows of the older parts that no
+    unit file supersedes, then the unit files, ``_FILES_PER_PIECE`` at a time."""
+    names = list(FILE_SCHEMAS[table].names)
+    older = _read_parts(loc, part, [*names, META_COLUMN])
+    if older is not None:
+        kept = _conform(older, table, names)
+        kept = kept.append_column(UNIT_COLUMN, older[UNIT_COLUMN])
+        yield kept.append_column(META_COLUMN, older[META_COLUMN])
+    items = list(part.units.items())
+    for i in range(0, len(items), _FILES_PER_PIECE):
+        group = dict(items[i : i + _FILES_PER_PIECE])
+        yield _unit_files(loc, table, Partition(part.sweep, units=group))
 
 
 def compact_sweep(root: str | os.PathLike | Location, sweep: str) -> list[Compacted]:
