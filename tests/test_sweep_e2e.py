@@ -146,7 +146,10 @@ DRIVER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_sweep_e2e import tiny_sweep
     from repair_dist.sweep.runner import run_sweep
-    run_sweep(tiny_sweep("resume", seeds=(0, 1, 2, 3)), root={root!r})
+    from dataclasses import replace
+    # one trial at a time: the kill lands after the first of 4, however fast trials are
+    sweep = replace(tiny_sweep("resume", seeds=(0, 1, 2, 3)), max_concurrent_trials=1)
+    run_sweep(sweep, root={root!r})
     """
 )
 
@@ -168,7 +171,7 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating_work(ray_ready, 
     while time.monotonic() < deadline and proc.poll() is None:
         if trials_dir.exists() and any(trials_dir.glob("*.parquet")):
             break
-        time.sleep(0.2)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
     proc.wait(timeout=30)
     finished = results.read_table(root, "trials", "resume")
