@@ -185,3 +185,13 @@ def test_a_read_that_races_a_compaction_lists_again_and_reads_every_row_once(
     monkeypatch.setattr(results_mod, "partitions", first_listing_is_stale)
     assert _state(tmp_path, "s") == before
     assert calls["n"] == 2  # the stale listing failed to open, the second one read the part
+
+
+def test_a_damaged_part_is_one_error_naming_its_directory(tmp_path: Path) -> None:
+    for i in range(2):
+        write_rows(tmp_path, "filters", "s", f"{i:016x}", _filters(f"{i:016x}", i))
+    compact_table(tmp_path, "filters", "s")
+    (part,) = partitions(tmp_path, "filters", "s")[0].parts
+    Path(part).write_bytes(Path(part).read_bytes()[:100])  # truncated (a full disk, a crash)
+    with pytest.raises(ValueError, match=r"results file under .*filters/sweep=s is damaged"):
+        read_table(tmp_path, "filters", "s")

@@ -31,8 +31,6 @@ from .tune_setup import tune
 log = logging.getLogger(__name__)
 
 RootLike = str | os.PathLike | Location
-#: The tables a merge trial writes (its MLflow run points at them).
-TRIAL_TABLES = ("trials", "curves", "layers")
 
 
 def log_trial_to_mlflow(tracker: Tracker, root: RootLike, spec: TrialSpec) -> str:
@@ -51,7 +49,7 @@ def log_trial_to_mlflow(tracker: Tracker, root: RootLike, spec: TrialSpec) -> st
         curve_metrics(curves),
         (),
         spec.run_name(),
-        results_tags(loc, TRIAL_TABLES),
+        results_tags(loc, results.TRIAL_TABLES),
     )
     return run_id
 
@@ -229,7 +227,6 @@ class TrialPublisher(tune.Callback):
 
 
 __all__ = [
-    "TRIAL_TABLES",
     "TUNE_LOGGER",
     "Progress",
     "TrialPublisher",

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
@@ -196,6 +196,9 @@ TRIAL_PARAMS_KEY = "repair_dist.params"
 TRIAL_RUN_NAME_KEY = "repair_dist.run_name"
 #: ... and, for a study unit's last file, the study's registry name (``curve``, ``prune``).
 STUDY_KEY = "repair_dist.study"
+
+#: The tables a merge trial writes rows to (its MLflow run points at them by ``trial_key``).
+TRIAL_TABLES = ("trials", "curves", "layers")
 
 #: Compacted files of a sweep's table are named ``part-<ns>-<hex>.parquet`` (never a unit key:
 #: keys are hex digests); beside the table's columns they hold the key of the unit each row
@@ -426,6 +429,20 @@ def _conform(data: pa.Table, table: str, columns: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=columns)
 
 
+@contextlib.contextmanager
+def _naming_corrupt_files(directory: str) -> Iterator[None]:
+    """A damaged Parquet file is one line naming where it is and what to do (pyarrow's own
+    message names neither)."""
+    try:
+        yield
+    except pa.ArrowInvalid as err:
+        raise ValueError(
+            f"a results file under {directory} is damaged ({err}); move the damaged file "
+            "aside (pyarrow.parquet.read_metadata on each file finds it): the sweep recomputes "
+            "its trials on the next run"
+        ) from None
+
+
 #: Listings read_table tries when a compaction removes files under it (each try is consistent).
 _READ_ATTEMPTS = 5
 
@@ -436,9 +453,10 @@ def _read_pieces(loc: Location, table: str, sweep: str | None, wanted: list[str]
     pieces: list[pa.Table] = []
     for part in partitions(loc, table, sweep):
         chunks = []
-        if part.units:
-            chunks.append(_read_units(loc, table, list(part.units.values()), file_columns))
-        parts = _read_parts(loc, part, file_columns)
+        with _naming_corrupt_files(loc.table_dir(table, part.sweep)):
+            if part.units:
+                chunks.append(_read_units(loc, table, list(part.units.values()), file_columns))
+            parts = _read_parts(loc, part, file_columns)
         if parts is not None:
             chunks.append(_conform(parts, table, file_columns))
         for data in chunks:
@@ -651,6 +669,7 @@ __all__ = [
     "SUMMARY_METRICS",
     "STUDY_KEY",
     "TRIAL_PARAMS_KEY",
+    "TRIAL_TABLES",
     "TRIAL_RUN_NAME_KEY",
     "TABLES",
     "TRIAL_ID_COLUMNS",

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -165,24 +165,27 @@ def _fit(
     trainable: Any,
     name: str,
     item: str,
-    keys: list[str],
+    specs: Mapping[str, Any],
     resources: Any,
     *,
     root: Location,
     callbacks: Sequence[Any],
-    sweep: Sweep,
+    concurrency: int | None,
     verbose: int,
     max_failures: int,
+    **params: Any,
 ) -> list[BaseException]:
-    """Run the grid; returns the errors of trials that failed for good."""
+    """Run one Tune trial per key of ``specs``; returns the errors of trials that failed for
+    good. The configs hold only the keys (``config[item]``): ``specs`` and ``params`` reach
+    the trainable once through ``with_parameters``, since Tune copies and serialises every
+    trial's config many times."""
     from .tune_setup import tune
 
+    fn = tune.with_parameters(trainable, specs=specs, **params)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        param_space={item: tune.grid_search(keys)},  # the specs travel via with_parameters
-        tune_config=tune.TuneConfig(
-            reuse_actors=True, max_concurrent_trials=sweep.max_concurrent_trials
-        ),
+        tune.with_resources(fn, resources),
+        param_space={item: tune.grid_search(list(specs))},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(
             name=name,
             **root.tune.ray_storage(),
@@ -367,65 +370,48 @@ def _run_units(
     each finished one is logged to MLflow by the publisher's thread meanwhile."""
     from .publish import Progress, TrialPublisher
     from .trainables import merge_trainable, study_trainable, trial_to_dict
-    from .tune_setup import tune
 
     publisher = TrialPublisher(tracker, loc)
     failed: list[BaseException] = []
+    common = dict(
+        root=loc,
+        concurrency=sweep.max_concurrent_trials,
+        verbose=verbose,
+        max_failures=max_failures,
+        store=ckpts,
+        data_root=sweep.data_root,
+        workers=sweep.workers_per_trial,
+        cpus=sweep.cpus_per_worker,
+    )
     if plan.pending:
         _say(
             f"[{sweep.name}] stage 2: {len(plan.pending)} of {len(plan.trials)} merge trials to run"
         )
         batches = trial_batches(plan.pending, batch_size(sweep, len(plan.pending)))
-        specs = {name: [trial_to_dict(t) for t in batch] for name, batch in batches.items()}
         publisher.expect(plan.pending)
-        fn = tune.with_parameters(
-            merge_trainable,
-            specs=specs,
-            store=ckpts,
-            root=loc,
-            data_root=sweep.data_root,
-            workers=sweep.workers_per_trial,
-            cpus=sweep.cpus_per_worker,
-        )
         failed += _fit(
-            fn,
+            merge_trainable,
             f"{sweep.name}-trials",
             "trial",
-            list(specs),
+            {name: [trial_to_dict(t) for t in batch] for name, batch in batches.items()},
             _trial_resources(sweep),
-            root=loc,
             callbacks=[Progress("trials", len(plan.pending)), publisher],
-            sweep=sweep,
-            verbose=verbose,
-            max_failures=max_failures,
+            **common,
         )
     if plan.units_pending:
         _say(f"[{sweep.name}] studies: {len(plan.units_pending)} of {len(plan.units)} units to run")
-        unit_specs = {u.key(): u.to_dict() for u in plan.units_pending}
         publisher.expect(plan.units_pending)
-        fn = tune.with_parameters(
+        failed += _fit(
             study_trainable,
-            specs=unit_specs,
-            store=ckpts,
-            root=loc,
-            data_root=sweep.data_root,
-            workers=sweep.workers_per_trial,
-            cpus=sweep.cpus_per_worker,
+            f"{sweep.name}-studies",
+            "study",
+            {u.key(): u.to_dict() for u in plan.units_pending},
+            _trial_resources(sweep),
+            callbacks=[Progress("studies", len(plan.units_pending)), publisher],
             amp=sweep.amp,
             worker_cpus=sweep.cpus_per_worker,
             worker_gpus=sweep.gpus_per_worker,
-        )
-        failed += _fit(
-            fn,
-            f"{sweep.name}-studies",
-            "study",
-            list(unit_specs),
-            _trial_resources(sweep),
-            root=loc,
-            callbacks=[Progress("studies", len(plan.units_pending)), publisher],
-            sweep=sweep,
-            verbose=verbose,
-            max_failures=max_failures,
+            **common,
         )
     publisher.drain()
     problems += publisher.problems
@@ -470,38 +456,31 @@ def _train_endpoints(
         return []
     from .publish import Progress
     from .trainables import endpoint_trainable
-    from .tune_setup import tune
 
     train_cpus = max(1.0, sweep.cpus_per_worker)
     _say(f"[{sweep.name}] stage 1: training {len(plan.train)} of {len(plan.endpoints)} endpoints")
-    specs = {ep.key(): asdict(ep) for ep in plan.train}
-    fn = tune.with_parameters(
-        endpoint_trainable,
-        specs=specs,
-        sweep=sweep.name,
-        store=ckpts,
-        root=loc,
-        data_root=sweep.data_root,
-        cpus=train_cpus,
-        worker_cpus=sweep.cpus_per_worker,
-        worker_gpus=sweep.gpus_per_worker,
-    )
     # Data-parallel recipes: the trial only coordinates; Ray Train asks for the workers.
     if sweep.train_workers > 1:
         stage1 = {"cpu": 0.5, "gpu": 0}
     else:
         stage1 = {"cpu": train_cpus, "gpu": 1 if sweep.gpus_per_worker else 0}
     failed = _fit(
-        fn,
+        endpoint_trainable,
         f"{sweep.name}-endpoints",
         "endpoint",
-        list(specs),
+        {ep.key(): asdict(ep) for ep in plan.train},
         stage1,
         root=loc,
         callbacks=[Progress("endpoints", len(plan.train))],
-        sweep=sweep,
+        concurrency=sweep.max_concurrent_trials,
         verbose=verbose,
         max_failures=max_failures,
+        sweep=sweep.name,
+        store=ckpts,
+        data_root=sweep.data_root,
+        cpus=train_cpus,
+        worker_cpus=sweep.cpus_per_worker,
+        worker_gpus=sweep.gpus_per_worker,
     )
     missing = [ep.key() for ep in plan.endpoints if not ckpts.has(ep.key())]
     if missing:

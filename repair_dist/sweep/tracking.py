@@ -41,6 +41,7 @@ from .results import (
     TRIAL_ID_COLUMNS,
     TRIAL_PARAMS_KEY,
     TRIAL_RUN_NAME_KEY,
+    TRIAL_TABLES,
     read_table,
 )
 
@@ -863,7 +864,7 @@ def sync_from_parquet(
                     curve_metrics(sweep_curves[sweep_curves["trial_key"] == key]),
                     (),
                     run_name,
-                    results_tags(results_root, ("trials", "curves", "layers")),
+                    results_tags(results_root, TRIAL_TABLES),
                 )
                 created += int(was_created)
             if close_parent:
