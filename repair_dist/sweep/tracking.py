@@ -284,11 +284,6 @@ def _param_value(v: object) -> str:
     return str(v)[:_MAX_PARAM_LEN]
 
 
-def _chunks(items: list, n: int) -> Iterator[list]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
 def trial_metrics(barriers: pd.DataFrame) -> dict[str, float]:
     """``{name: value}`` from one row per variant: ``barrier_acc_mid.<variant>`` etc.
 
