@@ -176,12 +176,12 @@ def _fit(
     **params: Any,
 ) -> list[BaseException]:
     """Run one Tune trial per key of ``specs``; returns the errors of trials that failed for
-    good. The configs hold only the keys (``config[item]``): ``specs`` and ``params`` reach
-    the trainable once through ``with_parameters``, since Tune copies and serialises every
+    good. The configs hold only the keys (``config[item]``): ``specs``, ``root`` and ``params``
+    reach the trainable once through ``with_parameters``, since Tune copies and serialises every
     trial's config many times."""
     from .tune_setup import tune
 
-    fn = tune.with_parameters(trainable, specs=specs, **params)
+    fn = tune.with_parameters(trainable, specs=specs, root=root, **params)
     tuner = tune.Tuner(
         tune.with_resources(fn, resources),
         param_space={item: tune.grid_search(list(specs))},
