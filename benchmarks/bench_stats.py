@@ -48,7 +48,7 @@ from repair_dist.passes import (
     flatten_channels,
     tap,
 )
-from repair_dist.passes.streaming import Workspace, centre_into
+from repair_dist.passes.streaming import ProbeTap, Workspace
 from repair_dist.perm import permutation_spec
 from repair_dist.perm.activation import alignment_probes, repair_only_probes
 
@@ -109,19 +109,14 @@ def plain_forward(net_a, net_b, plan: BatchPlan) -> None:
 
 @torch.no_grad()
 def forward_with_taps(net_a, net_b, plan: BatchPlan, probes, lean) -> None:
-    """The trial pass without its moments: the hooks centre every probe's activation as the
-    pass does (A's matching probes into kept buffers, the rest into one scratch), then drop it.
-    """
+    """The trial pass without its cross matrices and merges: every probe's tap centres its
+    activation and reduces it to sums as the pass does (A's matching probes into kept
+    buffers, the rest into one scratch)."""
     ws = Workspace()
     skip = set(lean)
-
-    def observe_a(p, act):
-        centre_into(act, p.relu, ws, keep=None if p in skip else p, extremes=p not in skip)
-
-    def observe_b(p, act):
-        centre_into(act, p.relu, ws, extremes=p not in skip)
-
-    with tap(net_a, probes, {}, observe_a), tap(net_b, probes, {}, observe_b):
+    taps_a = {p: ProbeTap(p, ws, keep=p not in skip) for p in probes}
+    taps_b = {p: ProbeTap(p, ws) for p in probes}
+    with torch.inference_mode(), tap(net_a, probes, {}, taps_a), tap(net_b, probes, {}, taps_b):
         for x, _ in plan.batches():
             net_a(x)
             net_b(x)

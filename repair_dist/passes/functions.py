@@ -19,7 +19,7 @@ from torch import nn
 from ..data.batches import Batch
 from .probes import Probe
 from .stats import Centred, CoMoments, StatsDict, centre
-from .streaming import BatchProbe, RunningMoments, Workspace, centre_into, cross_gemm
+from .streaming import ProbeTap, RunningMoments, Workspace
 from .taps import Observe, tap
 
 
@@ -29,16 +29,15 @@ def device_of(net: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _centring(moments_only: set[Probe] | frozenset[Probe] = frozenset()) -> Observe:
+def _centring() -> Observe:
     """An observation that centres each probe into the buffer it used on the last batch.
 
-    Safe because every batch's centred data is reduced to moments before the next forward;
-    channel extremes (to tell constant units exactly) only where a correlation is computed.
+    Safe because every batch's centred data is reduced to moments before the next forward.
     """
     buffers: dict[Probe, torch.Tensor] = {}
 
     def observe(p: Probe, act: torch.Tensor) -> Centred:
-        c = centre(act, relu=p.relu, extremes=p not in moments_only, out=buffers.get(p))
+        c = centre(act, relu=p.relu, out=buffers.get(p))
         buffers[p] = c.x
         return c
 
@@ -71,46 +70,33 @@ def alignment_stats_pass(
     skip = set(moments_only)
     cross = [p for p in probes if p not in skip]
     ws = Workspace()
-    parts_a: dict[Probe, BatchProbe] = {}
-    parts_b: dict[Probe, BatchProbe] = {}
-    crosses: dict[Probe, torch.Tensor] = {}
-
-    def observe_a(p: Probe, act: torch.Tensor) -> None:
-        if p in skip:
-            parts_a[p] = centre_into(act, p.relu, ws)[1]
-        else:  # kept until B's hook for the same probe runs the cross GEMM
-            parts_a[p] = centre_into(act, p.relu, ws, keep=p, extremes=True)[1]
-
-    def observe_b(p: Probe, act: torch.Tensor) -> None:
-        if p in skip:
-            parts_b[p] = centre_into(act, p.relu, ws)[1]
-        else:  # B's centred data lives in the scratch only until the GEMM with A's copy
-            centred_b, parts_b[p] = centre_into(act, p.relu, ws, extremes=True)
-            crosses[p] = cross_gemm(ws.kept[p], centred_b)
-
-    running = RunningMoments(probes, cross)
+    taps_a = {p: ProbeTap(p, ws, keep=p not in skip) for p in probes}
+    taps_b = {p: ProbeTap(p, ws, peer=None if p in skip else taps_a[p]) for p in probes}
+    running = RunningMoments(probes, cross, taps_a, taps_b)
+    checks = [(p, taps_a[p], taps_b[p]) for p in probes]
     # inference_mode: the many small per-batch ops skip autograd's version counting (about
     # 8% of an MLP trial pass); result() hands back ordinary tensors.
     with (
         torch.inference_mode(),
-        tap(net_a, probes, {}, observe_a),
-        tap(net_b, probes, {}, observe_b),
+        tap(net_a, probes, {}, taps_a),
+        tap(net_b, probes, {}, taps_b),
     ):
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             net_a(x)
             net_b(x)
-            for p in probes:
-                a, b = parts_a[p], parts_b[p]
+            for p, ta, tb in checks:
+                a, b = ta.part, tb.part
+                if a is None or b is None:
+                    raise ValueError(f"probe {p.module!r} saw no activation in a forward")
                 if (a.images, a.positions) != (b.images, b.positions) or a.images != len(x):
                     raise ValueError(
                         f"probe {p.module!r} saw {a.images}x{a.positions} samples in A and "
                         f"{b.images}x{b.positions} in B for a batch of {len(x)}"
                     )
-            running.add(x.shape[0], parts_a, parts_b, crosses)
-            parts_a.clear()
-            parts_b.clear()
-            crosses.clear()
+            running.add(x.shape[0])
+            for _, ta, tb in checks:
+                ta.part = tb.part = None
     return running.result()
 
 
@@ -127,7 +113,7 @@ def channel_stats_pass(
     out = StatsDict()
     with ExitStack() as stack:
         for n, s in zip(nets, stores, strict=True):
-            stack.enter_context(tap(n, probes, s, _centring(set(probes))))
+            stack.enter_context(tap(n, probes, s, _centring()))
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
             for n in nets:
@@ -173,7 +159,7 @@ def evaluation_pass(
     probes = [Probe(m) for m in dict.fromkeys(points)]
     store: dict[Probe, Centred] = {}
     totals = EvalTotals()
-    with tap(net, probes, store, _centring(set(probes))):
+    with tap(net, probes, store, _centring()):
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = net(x).float()

@@ -19,9 +19,9 @@ smaller chunks changes its float32 part at about 1e-7 relative.) Conv maps are f
 positions: every pixel is a sample. The alignment pass computes exactly these moments with
 less work per batch (:mod:`.streaming`).
 
-:class:`CrossMoments` also keeps each channel's exact minimum and maximum, so a constant (dead
-or collapsed) unit is recognised exactly (max == min) and correlates exactly 0, instead of
-correlating through float noise that changes with the reduction order.
+A constant (dead or collapsed) unit correlates exactly 0 (:func:`constant_channels`): its
+centred values are float32 rounding noise, and a correlation read from that noise would
+change with the reduction order, and with it the matching of tied units.
 """
 
 from __future__ import annotations
@@ -47,31 +47,40 @@ class Centred:
     """One batch of one probe, centred by its batch ``mean``: float32 ``x`` of shape
     (N, C, L) (L = positions per channel; 1 for a linear layer), in the activation's own
     layout, so no relayout copy is needed; ``m2`` its per-channel sum of squares (float64).
-
-    ``lo``/``hi``: per-channel extremes of the raw data, exact for every channel that could
-    be constant and -inf/+inf for the rest (only when asked for; see :func:`centre`).
     """
 
     mean: torch.Tensor
     x: torch.Tensor
     m2: torch.Tensor
-    lo: torch.Tensor | None = None
-    hi: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
         return self.x.shape[0] * self.x.shape[2]
 
 
-#: A constant channel's centred values all equal c - fl(mean), at most a few dozen float32
-#: roundings of |c| for any batch size; m2 above n * (this * |mean|)^2 proves variation.
-_CONSTANT_SLACK = 64 * torch.finfo(torch.float32).eps
+#: A constant channel's centred values all equal c - fl(mean): at most a few float32
+#: roundings of |c| (the batch sum's error grows with log n, not n). Its m2 is therefore at
+#: most n * (this * |mean|)^2, and anything above proves variation.
+CONSTANT_SLACK = 64 * torch.finfo(torch.float32).eps
+
+
+def constant_channels(n: int, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """Channels whose float64-merged spread is within float32 rounding of their mean: dead
+    units (exactly 0 everywhere, m2 exactly 0) and units stuck at one value.
+
+    Why a bound and not exact extremes: it needs no extra pass over the activations (a
+    per-channel min and max cost about 5% of a trial's statistics pass), and the decision
+    is a property of the data, not of the reduction order. A constant channel's m2 sits
+    orders of magnitude below the bound and a varying channel's above it unless its spread
+    is under ~1e-5 of its mean, which float32 cannot resolve anyway; float64 merges in
+    another order move m2 by 1e-16 relative, so no sharding flips the decision.
+    """
+    return m2 <= n * (CONSTANT_SLACK * mean.abs()) ** 2
 
 
 def centre(
     x: torch.Tensor,
     relu: bool = False,
-    extremes: bool = False,
     out: torch.Tensor | None = None,
 ) -> Centred:
     """Batch-centred float32 copy of ``x`` as (N, C, L), ReLU applied first if asked.
@@ -80,11 +89,6 @@ def centre(
     ``x`` without a defensive clone; (N, C, *spatial) is viewed as (N, C, L), never copied
     into another layout. ``out``: a buffer from the previous batch to write into (used when
     its shape fits), which keeps a pass from allocating fresh memory per probe per batch.
-
-    ``extremes``: exact per-channel min/max of the raw data wherever the channel could be
-    constant (its spread is within float32 rounding of its mean); channels whose spread
-    proves they vary get -inf/+inf, which merges to "not constant" as it should. So only
-    suspect channels (dead or collapsed ones, usually few) cost an extra read.
     """
     if x.dim() < 2:
         raise ValueError(f"cannot take channel statistics of a tensor of shape {tuple(x.shape)}")
@@ -102,18 +106,7 @@ def centre(
         m2 = torch.linalg.vecdot(flat, flat, dim=0).double()
     else:
         m2 = torch.linalg.vecdot(buf, buf, dim=-1).sum(0).double()
-    lo = hi = None
-    if extremes:
-        n = buf.shape[0] * buf.shape[2]
-        suspect = m2 <= n * (_CONSTANT_SLACK * mean.double().abs()) ** 2
-        lo = torch.full_like(mean, -math.inf)
-        hi = torch.full_like(mean, math.inf)
-        if suspect.any():
-            idx = suspect.nonzero().flatten()
-            part = raw[:, idx, :]
-            part = part.clamp_min(0) if relu else part
-            lo[idx], hi[idx] = part.amin((0, 2)).float(), part.amax((0, 2)).float()
-    return Centred(mean, buf, m2, lo, hi)
+    return Centred(mean, buf, m2)
 
 
 def _co(a: Centred, b: Centred) -> torch.Tensor:
@@ -201,8 +194,7 @@ _EMPTY = torch.zeros(0, dtype=torch.float64)
 class CrossMoments:
     """All-pairs statistics of A's channels against B's: the input of activation matching.
 
-    ``lo_*``/``hi_*``: per-channel extremes (empty without cross terms), to tell constant
-    units exactly.
+    Constant units (:func:`constant_channels`) correlate exactly 0.
     """
 
     n: int
@@ -210,15 +202,11 @@ class CrossMoments:
     mean_b: torch.Tensor
     m2_a: torch.Tensor
     m2_b: torch.Tensor
-    c_ab: torch.Tensor
-    lo_a: torch.Tensor = _EMPTY
-    hi_a: torch.Tensor = _EMPTY
-    lo_b: torch.Tensor = _EMPTY
-    hi_b: torch.Tensor = _EMPTY
+    c_ab: torch.Tensor = _EMPTY
 
     @classmethod
     def from_batch(cls, a: torch.Tensor, b: torch.Tensor, cross: bool = True) -> CrossMoments:
-        return cls.from_centred(centre(a, extremes=cross), centre(b, extremes=cross), cross)
+        return cls.from_centred(centre(a), centre(b), cross)
 
     @classmethod
     def from_centred(cls, a: Centred, b: Centred, cross: bool = True) -> CrossMoments:
@@ -228,13 +216,7 @@ class CrossMoments:
         if a.n != b.n:
             raise ValueError(f"probe sample counts disagree: {a.n} vs {b.n}")
         base = (a.n, a.mean.double(), b.mean.double(), _m2(a), _m2(b))
-        if not cross:
-            empty = _EMPTY.to(a.x.device)
-            return cls(*base, empty, empty, empty, empty, empty)
-        if a.lo is None or b.lo is None:
-            raise ValueError("cross moments need the channel extremes: centre(x, extremes=True)")
-        extremes = (a.lo.double(), a.hi.double(), b.lo.double(), b.hi.double())
-        return cls(*base, _cross(a, b), *extremes)
+        return cls(*base, _cross(a, b) if cross else _EMPTY.to(a.x.device))
 
     @property
     def has_cross(self) -> bool:
@@ -258,10 +240,6 @@ class CrossMoments:
             self.m2_a + other.m2_a + da * da * w,
             self.m2_b + other.m2_b + db * db * w,
             torch.addr(self.c_ab + other.c_ab, da, db, alpha=w) if cross else empty,
-            torch.minimum(self.lo_a, other.lo_a) if cross else empty,
-            torch.maximum(self.hi_a, other.hi_a) if cross else empty,
-            torch.minimum(self.lo_b, other.lo_b) if cross else empty,
-            torch.maximum(self.hi_b, other.hi_b) if cross else empty,
         )
 
     def cpu(self) -> CrossMoments:
@@ -269,7 +247,7 @@ class CrossMoments:
 
     def __reduce__(self):
         """Pickle as one flat array: shards' partials travel from Ray workers, and pickling
-        9 tensors per probe one by one costs several times more than the bytes. On the CPU
+        5 tensors per probe one by one costs several times more than the bytes. On the CPU
         it travels as a NumPy array, which pickles (and crosses Ray's object store) about
         10x faster than a tensor, whose storage pickles through ``torch.save``."""
         ts = self._tensors()
@@ -278,8 +256,7 @@ class CrossMoments:
         return (_unpack_cross_moments, (self.n, [tuple(t.shape) for t in ts], packed))
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
-        moments = (self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab)
-        return (*moments, self.lo_a, self.hi_a, self.lo_b, self.hi_b)
+        return (self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.c_ab)
 
     def corr(self) -> torch.Tensor:
         """Pearson correlation matrix [C_a, C_b]; constant (dead) units correlate exactly 0."""
@@ -287,8 +264,8 @@ class CrossMoments:
             raise ValueError("these moments were collected without cross terms (cross=False)")
         denom = torch.outer(self.m2_a.clamp_min(0).sqrt(), self.m2_b.clamp_min(0).sqrt())
         out = _safe_div(self.c_ab, denom).clamp(-1.0, 1.0)
-        out[self.hi_a == self.lo_a, :] = 0.0
-        out[:, self.hi_b == self.lo_b] = 0.0
+        out[constant_channels(self.n, self.mean_a, self.m2_a), :] = 0.0
+        out[:, constant_channels(self.n, self.mean_b, self.m2_b)] = 0.0
         return out
 
     def aligned(self, perm_b: torch.Tensor) -> CoMoments:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,10 +32,11 @@ def tap(
     net: nn.Module,
     probes: Iterable[Probe],
     store: dict[Probe, Any],
-    observe: Observe = snapshot,
+    observe: Observe | Mapping[Probe, Observe] = snapshot,
 ):
     """While active, every forward of ``net`` writes ``observe(probe, activation)`` per probe
-    into ``store``.
+    into ``store``; or, with one observer per probe (a mapping), just calls it: such
+    observers keep what they see themselves, and a hook then does no lookup at all.
 
     ``observe`` runs inside the hook, so whatever it returns is taken before any later
     in-place op can change the activation; it must not return the activation itself (the
@@ -48,8 +49,15 @@ def tap(
         if probe.module not in modules:
             raise KeyError(f"probe module {probe.module!r} is not in {type(net).__name__}")
 
-        def hook(_m, _inp, out, probe=probe):
-            store[probe] = observe(probe, out)
+        if isinstance(observe, Mapping):
+
+            def hook(_m, _inp, out, probe=probe, fn=observe[probe]):
+                fn(probe, out)
+
+        else:
+
+            def hook(_m, _inp, out, probe=probe):
+                store[probe] = observe(probe, out)
 
         handles.append(modules[probe.module].register_forward_hook(hook))
     try:
