@@ -89,6 +89,7 @@ class ShardWorker:
         self._device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self._amp = amp
         self._plans: dict[int, BatchPlan] = {}
+        self._nets: tuple[Any, list[nn.Module]] | None = None  # (ref, nets on this device)
 
     def where(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -105,13 +106,19 @@ class ShardWorker:
     def run(
         self,
         fn: Callable[..., Any],
-        nets: Sequence[nn.Module],
+        nets_box: list[Any],
         plan_id: int,
         batch_ids: list[int],
         kwargs: dict[str, Any],
     ) -> Any:
+        """``nets_box``: [ref of the pass's weights], boxed so that Ray does not resolve it
+        per task: a worker loads a pass's nets once, not once per shard it pulls."""
         plan = self._plans[plan_id]
-        nets = [net.to(self._device) for net in nets]
+        (ref,) = nets_box
+        if self._nets is None or self._nets[0] != ref:
+            self._nets = None  # let the previous pass's nets go before loading these
+            self._nets = (ref, [net.to(self._device) for net in ray.get(ref)])
+        nets = self._nets[1]
         if not self._amp:
             return fn(*nets, batches=plan.batches(batch_ids), **kwargs)
         # Mixed precision: bf16 forwards (channels-last convs on GPU); each batch's moments
@@ -302,7 +309,7 @@ class ShardPool:
         if pid not in self._has_plan[index]:
             actor.add_plan.remote(pid, plan_ref)  # actor tasks run in submission order
             self._has_plan[index].add(pid)
-        return actor.run.remote(fn, nets_ref, pid, batch_ids, kwargs)
+        return actor.run.remote(fn, [nets_ref], pid, batch_ids, kwargs)
 
     def run(
         self, fn: Callable[..., Any], nets: Sequence[nn.Module], data: BatchPlan, **kwargs: Any
