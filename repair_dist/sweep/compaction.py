@@ -144,7 +144,7 @@ def compact_table(root: str | os.PathLike | Location, table: str, sweep: str) ->
 
 
 #: Unit files read (and held) at a time: compaction's memory stays flat in the sweep's size.
-_FILES_PER_PIECE = 512
+_FILES_PER_PIECE = 128
 
 
 def _pieces(loc: Location, table: str, part: Partition) -> Iterator[pa.Table]:
