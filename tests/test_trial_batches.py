@@ -69,3 +69,29 @@ def test_a_failing_unit_does_not_stop_the_rest_of_its_batch(ray_ready, tmp_path:
     assert len(grid.errors) == 1  # the batch reports the bad unit's failure...
     done = results.unit_keys(tmp_path, "trials", sweep.name)
     assert done == {good.key()}  # ...after the unit behind it ran anyway
+
+
+def test_compacting_while_trials_run_loses_and_doubles_nothing(
+    ray_ready, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publisher compacts the tables every ``COMPACT_EVERY`` units while later trials still
+    write theirs: every row lands and is logged once, and a rerun finds everything done."""
+    from repair_dist.sweep import compaction, publish
+
+    monkeypatch.setattr(publish, "COMPACT_EVERY", 2)
+    compacted: list[str] = []
+    real = compaction.compact_sweep
+
+    def counting(root, sweep):  # noqa: ANN001
+        compacted.append(sweep)
+        return real(root, sweep)
+
+    monkeypatch.setattr(compaction, "compact_sweep", counting)
+    sweep = tiny_sweep("compact-live", seeds=(0, 1, 2, 3))
+    out = run_sweep(sweep, root=tmp_path)
+    assert out.trials_run == len(sweep.trials()) == 4
+    assert len(compacted) == 2  # by the publisher, during the run: every 2 of 4 units
+    assert_each_trial_once(str(tmp_path), sweep, default_tracking_uri(tmp_path))
+    assert results.unit_keys(tmp_path, "trials", sweep.name) == {t.key() for t in sweep.trials()}
+    again = run_sweep(sweep, root=tmp_path)
+    assert again.trials_run == 0

@@ -100,8 +100,9 @@ def compact_table(root: str | os.PathLike | Location, table: str, sweep: str) ->
     """Fold one sweep's unit files and parts of ``table`` into one part (see the module doc).
 
     Nothing to do (no unit file, at most one part) leaves the files as they are. The caller
-    holds the sweep's lock (:class:`~repair_dist.sweep.lock.SweepLock`): no unit file of
-    this sweep is written meanwhile.
+    holds the sweep's lock (:class:`~repair_dist.sweep.lock.SweepLock`), so it is the only
+    compactor; trials may still write unit files meanwhile (the publisher compacts during a
+    sweep): a file listed after the scan is left alone, one rewritten since is not deleted.
     """
     loc = Location.of(root)
     found = partitions(loc, table, sweep)

@@ -166,6 +166,10 @@ class Progress(tune.Callback):
         self._line(force=True)
 
 
+#: Units the publisher logs between two compactions of the running sweep's tables.
+COMPACT_EVERY = 256
+
+
 class TrialPublisher(tune.Callback):
     """Logs each finished trial to MLflow from a driver-side background thread.
 
@@ -202,8 +206,26 @@ class TrialPublisher(tune.Callback):
 
     def _work(self) -> None:
         assert self._queue is not None
+        since = 0
         while (spec := self._queue.get()) is not None:
             self.publish(spec)
+            since += 1
+            if since >= COMPACT_EVERY:  # off the critical path: the trials are still running
+                since = 0
+                self._compact(spec.sweep)
+
+    def _compact(self, sweep: str) -> None:
+        """Fold the unit files written so far into parts, so the end of the sweep has only
+        the last few hundred left to compact (2.5 s of a 630-trial sweep's 43 s otherwise).
+        Safe while trials write: files listed after the scan are left alone, and readers see
+        every row once at any point (see :mod:`.compaction`). A failure only leaves the
+        files for the final compaction."""
+        from .compaction import compact_sweep
+
+        try:
+            compact_sweep(self.root, sweep)
+        except OSError as err:
+            log.warning("compacting the results of sweep %r during the run failed: %s", sweep, err)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         """Each unit is published as soon as its trial reports it (``"unit"``: its key), so

@@ -24,9 +24,10 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -445,6 +446,7 @@ def _naming_corrupt_files(directory: str) -> Iterator[None]:
 
 #: Listings read_table tries when a compaction removes files under it (each try is consistent).
 _READ_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 def _read_pieces(loc: Location, table: str, sweep: str | None, wanted: list[str]) -> list[pa.Table]:
@@ -507,6 +509,10 @@ def read_table(
 def unit_keys(root: str | os.PathLike | Location, table: str, sweep: str) -> set[str]:
     """Keys of the units with rows in ``table`` (own files and compacted parts alike)."""
     loc = Location.of(root)
+    return _relisting(lambda: _unit_keys(loc, table, sweep))
+
+
+def _unit_keys(loc: Location, table: str, sweep: str) -> set[str]:
     keys: set[str] = set()
     for part in partitions(loc, table, sweep):
         keys.update(part.units)
@@ -516,11 +522,33 @@ def unit_keys(root: str | os.PathLike | Location, table: str, sweep: str) -> set
     return keys
 
 
+def _relisting(read: Callable[[], T]) -> T:
+    """``read()``, listed and read again when a compaction running meanwhile (the publisher
+    compacts during a sweep) deleted a listed file: the new part was in place before the
+    first delete, so the next listing finds every row once."""
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def unit_rows(root: str | os.PathLike | Location, table: str, sweep: str, key: str) -> pd.DataFrame:
     """One unit's rows of ``table`` (file columns, no ``sweep``); FileNotFoundError if none."""
     loc = Location.of(root)
-    columns = list(FILE_SCHEMAS[table].names)
-    own = loc.table_file(_check_table(table), sweep, key)
+    columns = list(FILE_SCHEMAS[_check_table(table)].names)
+    rows = _relisting(lambda: _unit_rows(loc, table, sweep, key, columns))
+    if rows is None:
+        raise FileNotFoundError(f"no {table} rows of {key} in sweep {sweep!r} under {loc.uri}")
+    return rows
+
+
+def _unit_rows(
+    loc: Location, table: str, sweep: str, key: str, columns: list[str]
+) -> pd.DataFrame | None:
+    own = loc.table_file(table, sweep, key)
     if loc.fs.get_file_info(own).type == pafs.FileType.File:  # no listing: O(1) per unit
         return _read_units(loc, table, [own], columns).to_pandas()
     for part in partitions(loc, table, sweep):
@@ -529,7 +557,7 @@ def unit_rows(root: str | os.PathLike | Location, table: str, sweep: str, key: s
         data = _read_parts(loc, part, columns, only=key)
         if data is not None and data.num_rows:
             return _conform(data, table, columns).to_pandas()
-    raise FileNotFoundError(f"no {table} rows of {key} in sweep {sweep!r} under {loc.uri}")
+    return None
 
 
 def _decode(raw: Mapping[bytes, bytes] | None) -> dict[str, str]:
