@@ -221,7 +221,6 @@ class RunningMoments:
             at = (i // n_probes) * total + self.offsets[i % n_probes]
             c = sizes[i % n_probes]
             tap.into = (self.stage[at : at + c], self.stage[2 * total + at : 2 * total + at + c])
-        self.cross_buffers = [tap.cross for tap in self.cross_taps]
         for tap in self.cross_taps:
             tap.gemm_out = torch.empty_like(tap.cross)
 
