@@ -16,7 +16,10 @@ Everything is a ratio or a per-trial cost measured in this run, on this machine:
       controller, the MLflow thread, compaction, figures) over the whole call / N
       (target <= 0.05 s). Work in other processes (trials, Ray's daemons) is not in it,
       and nothing is subtracted;
-    * driver peak RSS (``ru_maxrss``) after the call, and its growth with N.
+    * driver memory: resident set when the Tune stage ends (after every compaction the
+      publisher ran during it) and the peak (``ru_maxrss``, which includes the end-of-sweep
+      compaction and figures), and their growth per trial from the smallest to the largest N
+      (target: flat).
 (2) A no-op rerun of the largest sweep: wall time of ``repair-dist sweep SCRIPT`` in a fresh
     process, from exec to exit (target <= 3 s), and whether Ray was started (it should not).
 (3) ``repair-dist results`` over a sweep of 10,000 trials (``--results-trials``): wall time of
@@ -75,18 +78,22 @@ CHILD = """
 import json, resource, sys, time
 started = time.monotonic()
 cpu0 = time.process_time()
+import repair_dist.cli  # first, as in `repair-dist sweep` and every sweep script (.allocator)
 import importlib.util
 spec = importlib.util.spec_from_file_location("bench_script", {script!r})
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 from repair_dist.sweep import publish, runner
 marks = {{}}
 fit, drain = runner._fit, publish.TrialPublisher.drain
+def rss_kb():
+    status = open("/proc/self/status").read().split("VmRSS:")[1]
+    return int(status.split()[0])
 def timed_fit(*a, **k):
     t = time.monotonic()
     try:
         return fit(*a, **k)
     finally:
-        marks.setdefault("fits", []).append((a[1], t, time.monotonic()))
+        marks.setdefault("fits", []).append((a[1], t, time.monotonic(), rss_kb()))
 def timed_drain(self):
     drain(self)
     marks["drained"] = time.monotonic()
@@ -100,7 +107,7 @@ print("BENCH " + json.dumps({{
     "trials_run": out.trials_run, "endpoints_trained": out.endpoints_trained,
     "run_s": t1 - t0, "cpu_s": c1 - c0, "process_cpu_s": c1 - cpu0,
     "fits": marks.get("fits", []), "drained": marks.get("drained"), "end": t1,
-    "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rss_end_kb": rss_kb(),
     "ray_started": ray.is_initialized(), "mlflow_problems": len(out.mlflow_problems),
 }}))
 """
@@ -136,7 +143,7 @@ def overhead_point(script: str, scratch: str, store: str, seeds: int, widths: st
     root = tempfile.mkdtemp(dir=scratch, prefix="n")
     m = run_child(script, root, store, sweep_env(seeds, widths))
     n = m["trials_run"]
-    (name, start, end) = next(f for f in m["fits"] if f[0].endswith("-trials"))
+    (name, start, end, rss_tune_end) = next(f for f in m["fits"] if f[0].endswith("-trials"))
     tune_s = end - start
     return {
         "n": n,
@@ -148,6 +155,8 @@ def overhead_point(script: str, scratch: str, store: str, seeds: int, widths: st
         "backlog_s": (m["drained"] - end) if m["drained"] else 0.0,
         "driver_cpu_per_trial": m["cpu_s"] / n,
         "maxrss_mb": m["maxrss_kb"] / 1024,
+        "rss_tune_end_mb": rss_tune_end / 1024,
+        "rss_end_mb": m["rss_end_kb"] / 1024,
         "mlflow_problems": m["mlflow_problems"],
         "root": root,
     }
@@ -268,7 +277,7 @@ def main() -> None:
     points = (
         [(6, "16"), (10, "16,24")]
         if args.quick
-        else [(6, "16"), (10, "16,24,32"), (15, "16,20,24")]
+        else [(6, "16"), (10, "16,24,32"), (15, "16,20,24"), (15, "16,20,24,28,32,36")]
     )
     n_results = args.results_trials or (2000 if args.quick else 10000)
     scratch = args.keep or tempfile.mkdtemp(prefix="bench-sweep-")
@@ -296,6 +305,7 @@ def main() -> None:
                     f"{r['e2e_over_tune']:.2f}",
                     f"{r['backlog_s']:.2f}",
                     f"{r['driver_cpu_per_trial']:.3f}",
+                    f"{r['rss_tune_end_mb']:.0f}",
                     f"{r['maxrss_mb']:.0f}",
                 )
                 for r in rows
@@ -307,8 +317,17 @@ def main() -> None:
                 "e2e/Tune (>=0.85)",
                 "backlog s (<=5)",
                 "driver CPU s/trial (<=0.05)",
+                "driver RSS after Tune MB",
                 "driver peak RSS MB",
             ],
+        )
+        small, large = rows[0], rows[-1]
+        span = large["n"] - small["n"]
+        print(
+            f"driver memory from N={small['n']} to N={large['n']}: "
+            f"{1024 * (large['rss_tune_end_mb'] - small['rss_tune_end_mb']) / span:+.1f} KB "
+            f"per trial after the Tune stage, "
+            f"{1024 * (large['maxrss_mb'] - small['maxrss_mb']) / span:+.1f} KB per trial at the peak"
         )
         big = rows[-1]
         noop = noop_rerun(script, big["root"], store, sweep_env(*points[-1]))

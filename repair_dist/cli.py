@@ -20,7 +20,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .location import TABLES
+from .allocator import prefer_system_allocator
+
+prefer_system_allocator()  # before pyarrow is imported: flat driver memory (see .allocator)
+
+from .location import TABLES  # noqa: E402
 
 #: Results root: ``$REPAIR_DIST_STORE`` (set on cluster nodes by cluster.yaml) or ./results.
 DEFAULT_ROOT = os.environ.get("REPAIR_DIST_STORE", "results")

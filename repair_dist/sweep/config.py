@@ -26,7 +26,7 @@ from typing import Any
 from .. import store as _store
 from ..data import dataset_info
 from ..models import MODEL_NAMES
-from ..store import CheckpointStore, canonical_json
+from ..store import CheckpointStore, cached_key, canonical_json
 from ..variants import ALWAYS_REPORTED, DEFAULT_METHODS, VARIANTS, alpha_grid
 from .fields import suggest_unknown_fields
 from .results import TRIAL_ID_COLUMNS
@@ -171,7 +171,7 @@ class EndpointConfig:
 
     def key(self) -> str:
         """Content key of the trained net (includes the store's CODE_VERSION)."""
-        return CheckpointStore.endpoint_key(self.key_fields())
+        return cached_key(self, lambda: CheckpointStore.endpoint_key(self.key_fields()))
 
     def key_fields(self) -> dict[str, Any]:
         """The fields that make the key: every field, less those still at a default that
@@ -207,6 +207,9 @@ class TrialSpec:
 
     def key(self) -> str:
         """16 hex of sha256 over every field (endpoints included) and CODE_VERSION."""
+        return cached_key(self, self._key)
+
+    def _key(self) -> str:
         trial = {**asdict(self), "a": self.a.key_fields(), "b": self.b.key_fields()}
         payload = canonical_json({"trial": trial, "code_version": _store.CODE_VERSION})
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

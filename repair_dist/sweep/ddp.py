@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import asdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +85,7 @@ def train_data_parallel(
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"endpoint": ep.__dict__.copy(), "data_root": data_root},
+        train_loop_config={"endpoint": asdict(ep), "data_root": data_root},
         scaling_config=ScalingConfig(
             num_workers=ep.train_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -201,7 +202,7 @@ def fit_curve_data_parallel(
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     fit = {"kind": kind, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
     config = {
-        "endpoint": ep.__dict__.copy(),
+        "endpoint": asdict(ep),
         "data_root": data_root,
         "model": dict(net_a.config),
         "state_a": {k: v.detach().cpu() for k, v in net_a.state_dict().items()},

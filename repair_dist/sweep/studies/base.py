@@ -137,6 +137,9 @@ class StudySpec:
 
     def key(self) -> str:
         """16 hex of sha256 over the study, its endpoints (full configs), settings, CODE_VERSION."""
+        return _store.cached_key(self, self._key)
+
+    def _key(self) -> str:
         payload = canonical_json(
             {
                 "study": self.study,

@@ -1,0 +1,34 @@
+"""The sweep driver's pyarrow allocator (see :mod:`repair_dist.allocator`).
+
+pyarrow fixes its allocator on import, so this runs fresh interpreters: the command line (and
+every sweep script, which imports it first) gets the system allocator, and a user's own choice
+of ``ARROW_DEFAULT_MEMORY_POOL`` is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from repair_dist.allocator import POOL_VARIABLE
+
+PROBE = "import repair_dist.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+
+
+def _backend(env_value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != POOL_VARIABLE}
+    if env_value is not None:
+        env[POOL_VARIABLE] = env_value
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_the_command_line_gives_pyarrow_the_system_allocator() -> None:
+    assert _backend(None) == "system"
+
+
+def test_a_users_choice_of_allocator_is_kept() -> None:
+    assert _backend("mimalloc") == "mimalloc"  # the Linux wheels' own default
