@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import asdict
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
