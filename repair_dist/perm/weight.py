@@ -9,7 +9,6 @@ visited in a seeded random order; iteration stops when a full sweep improves not
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .activation import check_same_architecture
@@ -92,6 +91,8 @@ def match_weights(
                 if g is not None:
                     members[g].append((name, axis))
     groups = list(sizes)
+    from scipy.optimize import linear_sum_assignment  # here: a sweep's planning stays light
+
     rng = torch.Generator().manual_seed(seed)
     if history is not None:
         history.append(matching_objective(pa, pb, spec, perm))

@@ -176,7 +176,7 @@ class EndpointConfig:
     def key_fields(self) -> dict[str, Any]:
         """The fields that make the key: every field, less those still at a default that
         was added after keys were first issued (see :data:`_KEY_DEFAULTS`)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # scalars: no deep copy
         for name, default in _KEY_DEFAULTS.items():
             if d.get(name) == default:
                 d.pop(name)
@@ -210,7 +210,10 @@ class TrialSpec:
         return cached_key(self, self._key)
 
     def _key(self) -> str:
-        trial = {**asdict(self), "a": self.a.key_fields(), "b": self.b.key_fields()}
+        # Shallow: the fields are scalars and tuples of them, but for the endpoints (replaced
+        # by their key fields); asdict's deep copy was most of the time of keying a sweep.
+        trial = {f.name: getattr(self, f.name) for f in fields(self)}
+        trial.update(a=self.a.key_fields(), b=self.b.key_fields())
         payload = canonical_json({"trial": trial, "code_version": _store.CODE_VERSION})
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
