@@ -321,14 +321,12 @@ def main() -> None:
                 "driver peak RSS MB",
             ],
         )
-        small, large = rows[0], rows[-1]
-        span = large["n"] - small["n"]
-        print(
-            f"driver memory from N={small['n']} to N={large['n']}: "
-            f"{1024 * (large['rss_tune_end_mb'] - small['rss_tune_end_mb']) / span:+.1f} KB "
-            f"per trial after the Tune stage, "
-            f"{1024 * (large['maxrss_mb'] - small['maxrss_mb']) / span:+.1f} KB per trial at the peak"
-        )
+        print("driver memory per added trial (after the Tune stage / at the peak):")
+        for small, large in itertools.pairwise(rows):
+            span = large["n"] - small["n"]
+            after = 1024 * (large["rss_tune_end_mb"] - small["rss_tune_end_mb"]) / span
+            peak = 1024 * (large["maxrss_mb"] - small["maxrss_mb"]) / span
+            print(f"  N={small['n']} -> {large['n']}: {after:+.1f} KB / {peak:+.1f} KB")
         big = rows[-1]
         noop = noop_rerun(script, big["root"], store, sweep_env(*points[-1]))
         print(

@@ -220,12 +220,14 @@ class TrialPublisher(tune.Callback):
         Safe while trials write: files listed after the scan are left alone, and readers see
         every row once at any point (see :mod:`.compaction`). A failure only leaves the
         files for the final compaction."""
+        from ..allocator import release_freed_memory
         from .compaction import compact_sweep
 
         try:
             compact_sweep(self.root, sweep)
         except OSError as err:
             log.warning("compacting the results of sweep %r during the run failed: %s", sweep, err)
+        release_freed_memory()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         """Each unit is published as soon as its trial reports it (``"unit"``: its key), so

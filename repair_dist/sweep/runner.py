@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..allocator import release_freed_memory
 from ..location import Location
 from ..storage import (
     StorageError,
@@ -322,6 +323,7 @@ def _run_locked(
             compact_sweep(loc, sweep.name)  # a few files per table instead of one per trial
         if drawn is not None:
             drawn.result()
+    release_freed_memory()  # what the compaction and the figures freed (see ..allocator)
     if tracker is not None:
         finished = {t.key() for t in plan.trials if t.key() in done}
         finished |= {u.key() for u in plan.units if u.key() in units_done}
