@@ -91,8 +91,8 @@ class Progress(tune.Callback):
 
     A line per finished unit, at most one every ``every`` seconds (a sweep of a thousand
     tiny trials should not print a thousand lines), and always for a failure and for the
-    last unit. A Tune trial that runs a batch of units reports each one (``"unit"`` in its
-    result) and counts once per unit; any other trial counts once when it completes.
+    last unit. A Tune trial that runs a batch of units reports them as they finish (``"units"``
+    in its results) and counts once per unit; any other trial counts once when it completes.
     Counted per id, not per event: Tune starts a retried trial again after
     ``on_trial_recover`` (and may report a trial twice), so event counts drifted
     ("10/12 done, 4 running" at the end of a sweep with retries).
@@ -145,11 +145,12 @@ class Progress(tune.Callback):
         self._running.discard(trial.trial_id)  # failed, will start again
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-        unit = result.get("unit")
-        if unit is not None:
+        units = result.get("units")
+        if units:
             self._batches.add(trial.trial_id)
-            if unit not in self._done:
-                self._done.add(unit)
+            fresh = [unit for unit in units if unit not in self._done]
+            if fresh:
+                self._done.update(fresh)
                 self._line()
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
@@ -230,17 +231,19 @@ class TrialPublisher(tune.Callback):
         release_freed_memory()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-        """Each unit is published as soon as its trial reports it (``"unit"``: its key), so
-        a Tune trial running a batch of merge trials still logs them one by one."""
-        if self.tracker is None or result.get("unit") is None:
+        """Each unit is published as soon as its trial reports it (``"units"``: the keys a
+        report carries), so a Tune trial running a batch of merge trials still logs them one
+        by one as they finish."""
+        if self.tracker is None or not result.get("units"):
             return
         if self._thread is None:
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="publish", daemon=True)
             self._thread.start()
-        spec = self._specs.pop(result["unit"], None)  # dropped once queued
-        if spec is not None:  # None: reported again by a retried trial (already queued)
-            self._queue.put(spec)
+        for unit in result["units"]:
+            spec = self._specs.pop(unit, None)  # dropped once queued
+            if spec is not None:  # None: reported again by a retried trial (already queued)
+                self._queue.put(spec)
 
     def drain(self) -> None:
         """Wait until every queued trial is logged."""
