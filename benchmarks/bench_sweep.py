@@ -18,7 +18,7 @@ Everything is a ratio or a per-trial cost measured in this run, on this machine:
       and nothing is subtracted;
     * driver memory: resident set when the Tune stage ends (after every compaction the
       publisher ran during it) and the peak (``ru_maxrss``, which includes the end-of-sweep
-      compaction and figures), and their growth per trial from the smallest to the largest N
+      compaction and figures), and their growth per added trial between consecutive N
       (target: flat).
 (2) A no-op rerun of the largest sweep: wall time of ``repair-dist sweep SCRIPT`` in a fresh
     process, from exec to exit (target <= 3 s), and whether Ray was started (it should not).
@@ -107,7 +107,7 @@ print("BENCH " + json.dumps({{
     "trials_run": out.trials_run, "endpoints_trained": out.endpoints_trained,
     "run_s": t1 - t0, "cpu_s": c1 - c0, "process_cpu_s": c1 - cpu0,
     "fits": marks.get("fits", []), "drained": marks.get("drained"), "end": t1,
-    "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rss_end_kb": rss_kb(),
+    "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "ray_started": ray.is_initialized(), "mlflow_problems": len(out.mlflow_problems),
 }}))
 """
@@ -156,7 +156,6 @@ def overhead_point(script: str, scratch: str, store: str, seeds: int, widths: st
         "driver_cpu_per_trial": m["cpu_s"] / n,
         "maxrss_mb": m["maxrss_kb"] / 1024,
         "rss_tune_end_mb": rss_tune_end / 1024,
-        "rss_end_mb": m["rss_end_kb"] / 1024,
         "mlflow_problems": m["mlflow_problems"],
         "root": root,
     }

@@ -22,17 +22,15 @@ import ctypes
 import ctypes.util
 import functools
 import os
-import sys
 
 #: pyarrow's own switch, read once when pyarrow is imported.
 POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 
 
-def prefer_system_allocator() -> bool:
-    """Ask for pyarrow's system allocator unless the user chose one. Returns whether it will
-    take effect in this process (False once pyarrow is imported: call this first)."""
+def prefer_system_allocator() -> None:
+    """Ask for pyarrow's system allocator unless the user chose one. Takes effect only if
+    pyarrow is not imported yet in this process (and in the processes it starts)."""
     os.environ.setdefault(POOL_VARIABLE, "system")
-    return "pyarrow" not in sys.modules
 
 
 @functools.cache
