@@ -51,6 +51,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 if TYPE_CHECKING:  # mlflow is imported lazily: it costs seconds and only trackers need it
     from mlflow.tracking import MlflowClient
 
+    from .run_writer import RunWriter
+
 #: Tag of the per-sweep parent run.
 PARENT_TAG = "sweep_parent"
 #: Metrics of a trial that do not depend on the variant (logged once, without a suffix).
@@ -383,6 +385,9 @@ class Tracker:
         #: by two searches per run (the race check is only needed between writers).
         self.exclusive = exclusive
         self._run_map: dict[str, str] | None = None
+        #: writes a new run in one transaction (sqlite stores, exclusive trackers); None
+        #: until first needed, False where the store does not allow it
+        self._writer: RunWriter | bool | None = None
         self.sweep = _check_safe("sweep name", sweep)
         if artifact_root is None and (root := _sqlite_root(tracking_uri)) is not None:
             artifact_root = default_artifact_root(root)
@@ -395,6 +400,11 @@ class Tracker:
 
     def __repr__(self) -> str:
         return f"Tracker({self.tracking_uri!r}, {self.sweep!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (Tune pickles the callbacks holding a tracker): the client and the run
+        writer hold this process's database connections, so a copy opens its own."""
+        return {**self.__dict__, "_client_obj": None, "_writer": None}
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -609,12 +619,35 @@ class Tracker:
                 "kind": tag.removesuffix("_key"),
                 **(extra_tags or {}),
             }
+            if not files and (writer := self._new_run_writer(tag, key)) is not None:
+                now = _now_ms()
+                run_id = writer.write(
+                    tags | {tag: key},
+                    _params(params),
+                    _metrics(metrics, steps, now),
+                    start_time=now,
+                    end_time=now,
+                )
+                self._runs_by_key()[key] = run_id
+                return run_id, True
             run_id, created = self._get_or_create_run(tag, key, tags)
             self._write(run_id, created, params, metrics, steps)
             for f in files:
                 self._client.log_artifact(run_id, str(f), _artifact_dir(f))
             self._client.set_terminated(run_id, "FINISHED")
         return run_id, created
+
+    def _new_run_writer(self, tag: str, key: str) -> RunWriter | None:
+        """The one-transaction writer, when this tracker may use it for run ``tag=key``: the
+        sweep's only writer, a run that does not exist yet, a sqlite store."""
+        if not (self.exclusive and tag == "trial_key") or key in self._runs_by_key():
+            return None
+        if self._writer is None:
+            from .run_writer import RunWriter, sql_store
+
+            store = sql_store(self._client)
+            self._writer = False if store is None else RunWriter(store, self.experiment_id())
+        return self._writer or None
 
     def _write(
         self,
@@ -625,19 +658,13 @@ class Tracker:
         steps: list[tuple[str, float, int]],
     ) -> None:
         """Params and metrics the run lacks (all of them for a new run), in MLflow's batches."""
-        from mlflow.entities import Metric, Param
-
         have_params: Mapping[str, str] = {}
         have_metrics: set[str] = set()
         if not created:
             data = self._client.get_run(run_id).data
             have_params, have_metrics = data.params, set(data.metrics)
-        now = _now_ms()
-        new_params = [
-            Param(str(k), _param_value(v)) for k, v in params.items() if str(k) not in have_params
-        ]
-        new_metrics = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in have_metrics]
-        new_metrics += [Metric(k, v, now, s) for k, v, s in steps if k not in have_metrics]
+        new_params = [p for p in _params(params) if p.key not in have_params]
+        new_metrics = [m for m in _metrics(metrics, steps, _now_ms()) if m.key not in have_metrics]
         # As few calls as MLflow's limits allow (a call is a database transaction): a trial's
         # params and metrics usually fit in one.
         while new_params or new_metrics:
@@ -645,6 +672,23 @@ class Tracker:
             room = _MAX_METRICS - len(params_now)
             metrics_now, new_metrics = new_metrics[:room], new_metrics[room:]
             self._client.log_batch(run_id, params=params_now, metrics=metrics_now)
+
+
+def _params(params: Mapping[str, Any]) -> list:
+    """MLflow params of a run, values as strings within MLflow's length limit."""
+    from mlflow.entities import Param
+
+    return [Param(str(k), _param_value(v)) for k, v in params.items()]
+
+
+def _metrics(
+    metrics: Mapping[str, float], steps: Iterable[tuple[str, float, int]], now: int
+) -> list:
+    """MLflow metrics of a run: summary values at step 0, then the step (curve) values."""
+    from mlflow.entities import Metric
+
+    out = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    return out + [Metric(k, v, now, s) for k, v, s in steps]
 
 
 # --------------------------------------------------------------------------------------------
