@@ -529,6 +529,17 @@ class Tracker:
                 )
         return self._parent
 
+    def open(self) -> None:
+        """Do now what the first logged run would: import MLflow, open the store, find the
+        experiment and the parent run, and for the sweep's only writer its run map. The
+        runner calls it while Ray starts, so that those seconds are not spent in the middle
+        of the trials. Raises TrackingUnavailable like any other call."""
+        self.parent_run_id()
+        if self.exclusive:
+            with self._guard(f"listing the runs of {self.sweep!r}"):
+                self._runs_by_key()
+                self._run_writer()
+
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the sweep's parent run ``status`` (FINISHED, FAILED, KILLED) at the sweep's end.
 
@@ -642,6 +653,9 @@ class Tracker:
         sweep's only writer, a run that does not exist yet, a sqlite store."""
         if not (self.exclusive and tag == "trial_key") or key in self._runs_by_key():
             return None
+        return self._run_writer()
+
+    def _run_writer(self) -> RunWriter | None:
         if self._writer is None:
             from .run_writer import RunWriter, sql_store
 
