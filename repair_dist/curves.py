@@ -48,8 +48,7 @@ from .perm import check_same_architecture
 from .pipeline import alpha_grid
 from .repair import repair
 from .train import loader_batches, lr_factor, tensor_batches
-
-KINDS = ("bezier", "polychain")
+from .variants import CURVE_KINDS as KINDS
 
 #: Columns of :func:`curve_barriers` (one value per curve, on one split).
 BARRIER_COLUMNS = (

@@ -54,11 +54,8 @@ from .passes import CoMoments, StatsDict, Workers, resolve_executor
 from .perm.activation import check_same_architecture
 from .perm.spec import PermutationSpec, RepairPoint, permutation_spec
 from .repair import NORM_EPS, endpoint_statistics, repair
+from .variants import PRUNE_KINDS, PRUNE_REPAIR_VARIANTS, STRUCTURED_KINDS
 
-PRUNE_KINDS = ("global_l1", "layer_l1", "filter_l1", "filter_bn")
-STRUCTURED_KINDS = ("filter_l1", "filter_bn")
-#: Post-pruning repair variants: REPAIR with one endpoint (the dense net) as the goal.
-PRUNE_REPAIR_VARIANTS = ("full", "rescale", "reshift")
 MASK_SUFFIX = "_prune_mask"
 
 

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
+from .variants import OPTIMIZERS
+
 SCHEDULES = ("cosine", "onecycle")
-OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.03, "adam": 1e-3}
 """Peak learning rates. SGD 0.03 trains 6-8 layer plain digits MLPs for every seed tried; 0.07
 sends some seeds to dead nets and 0.1 diverges, so the default keeps a 2x margin."""

@@ -1,9 +1,13 @@
-"""A merge trial's vocabulary: variant names and their display order, the default matching
-methods, the alpha grid (no torch here).
+"""A sweep's vocabulary: variant names and their display order, the matching methods, the
+alpha grid, and every other choice a sweep names (residual modes, optimizers, curve kinds,
+pruning kinds, many-net alignments); no torch here.
 
 Kept apart from :mod:`repair_dist.repair` and :mod:`repair_dist.pipeline` so that reading and
-summarising results (``repair-dist results``, :mod:`repair_dist.sweep.results`) never imports
-torch: a query over a finished sweep should take a fraction of a second, not torch's start-up.
+summarising results (``repair-dist results``, :mod:`repair_dist.sweep.results`) and planning
+and validating a sweep (:mod:`repair_dist.sweep.validation`) never import torch: a query over
+a finished sweep, or its rerun, should take a fraction of a second, not torch's start-up.
+The science modules re-export the names they own from here (``repair_dist.train.OPTIMIZERS``
+is this ``OPTIMIZERS``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,27 @@ ALWAYS_REPORTED: tuple[str, ...] = TRIAL_VARIANTS[:2]
 #: of the net per pair (many epochs), so a sweep asks for it explicitly. (The registry of
 #: matchers is :data:`repair_dist.perm.matchers.MATCHING_METHODS`.)
 DEFAULT_METHODS = ("activation", "weight")
+
+#: Every pair matcher a sweep may name. The registry is
+#: :data:`repair_dist.perm.matchers.MATCHING_METHODS` (``repair_dist.pipeline.METHODS``); a
+#: test keeps the two equal.
+METHODS = ("activation", "weight", "ste")
+
+#: Activation matching of residual streams (:func:`repair_dist.activation_matching`):
+#: "output": correlate a residual stream at the stage output only (REPAIR code);
+#: "sum": sum the correlation matrices of every block output in the stage (Tatro et al.).
+RESIDUAL_MODES = ("output", "sum")
+#: :func:`repair_dist.train_model`'s optimizers.
+OPTIMIZERS = ("sgd", "adam")
+#: Mode-connectivity curves (:func:`repair_dist.fit_curve`).
+CURVE_KINDS = ("bezier", "polychain")
+#: Pruning criteria (:func:`repair_dist.prune`); the structured ones remove whole filters.
+PRUNE_KINDS = ("global_l1", "layer_l1", "filter_l1", "filter_bn")
+STRUCTURED_KINDS = ("filter_l1", "filter_bn")
+#: Post-pruning repair variants: REPAIR with one endpoint (the dense net) as the goal.
+PRUNE_REPAIR_VARIANTS = ("full", "rescale", "reshift")
+#: Aligning N nets at once (:func:`repair_dist.align_many`).
+ALIGN_METHODS = ("weight", "activation", "merge_many")
 
 #: Alphas are rounded to this many decimals so that a grid given as a count and the same grid
 #: given as a list give the same floats (and the same trial keys).
@@ -60,10 +85,18 @@ def variant_order(values: Iterable[str]) -> list[str]:
 
 
 __all__ = [
+    "ALIGN_METHODS",
     "ALPHA_DECIMALS",
     "ALWAYS_REPORTED",
+    "CURVE_KINDS",
     "CURVE_VARIANTS",
     "DEFAULT_METHODS",
+    "METHODS",
+    "OPTIMIZERS",
+    "PRUNE_KINDS",
+    "PRUNE_REPAIR_VARIANTS",
+    "RESIDUAL_MODES",
+    "STRUCTURED_KINDS",
     "TRIAL_VARIANTS",
     "VARIANTS",
     "alpha_grid",

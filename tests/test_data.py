@@ -334,3 +334,17 @@ def test_every_dataset_has_one_registry_entry_with_its_aliases():
     assert tuple(REGISTRY) == DATASETS
     assert dataset_entry("FMNIST") is dataset_entry("fashion_mnist") is REGISTRY["fashion-mnist"]
     assert dataset_entry("CIFAR-10") is REGISTRY["cifar10"]
+
+
+def test_the_torch_free_catalog_and_the_loaders_describe_the_same_datasets():
+    # Sweep planning reads the catalog (no torch); loading reads the registry built on it.
+    from repair_dist.data import catalog, datasets
+
+    assert set(datasets._LOADERS) == set(catalog.CATALOG) and DATASETS == catalog.DATASETS
+    for name, entry in datasets.REGISTRY.items():
+        known = catalog.CATALOG[name]
+        assert (entry.info, entry.check, entry.aliases) == (known.info, known.check, known.aliases)
+        for alias in (name, *entry.aliases):
+            assert datasets.dataset_entry(alias.upper()).name == catalog.catalog_entry(alias).name
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; choose one of digits"):
+        datasets.dataset_entry("mnist")

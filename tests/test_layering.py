@@ -172,3 +172,49 @@ def test_the_public_api_loads_lazily_and_results_queries_load_no_torch(tmp_path:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-3:] == ["False", "repair_dist.prune", "True"], proc.stdout
+
+
+def test_planning_and_validating_a_sweep_load_no_torch(tmp_path: Path) -> None:
+    """A finished sweep's rerun only plans (keys from the store and the tables) and exits: the
+    command line, the sweep's model, its validation (no model builds) and the runner's planning
+    read torch-free catalogs, so it starts in a fraction of a second instead of paying torch's
+    import. The studies' configs are on so that their validation and specs are covered too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import repair_dist.cli\n"
+        "from repair_dist.location import Location\n"
+        "from repair_dist.store import CheckpointStore\n"
+        "from repair_dist.sweep.config import ArchGrid, Sweep\n"
+        "from repair_dist.sweep.preflight import local_resources\n"
+        "from repair_dist.sweep.runner import plan_sweep\n"
+        "from repair_dist.sweep.validation import validate_sweep\n"
+        "sweep = Sweep.from_dict({'name': 'plan', 'dataset': 'digits', 'seeds': [0, 1, 2],\n"
+        "    'archs': [{'model': 'mlp', 'widths': [8, 16], 'depths': [2, None]},\n"
+        "              {'model': 'resnet20', 'widths': [1], 'norms': ['bn']}],\n"
+        "    'curve': {'epochs': 1}, 'pruning': {'kinds': ['global_l1']},\n"
+        "    'merge_many': {'n_models': [3]}, 'optimizer': 'adam', 'residual': 'sum'})\n"
+        "resources = local_resources(count_gpus=False)\n"
+        "validate_sweep(sweep, cluster_resources=resources, build_models=False)\n"
+        f"loc = Location.of({str(tmp_path)!r})\n"
+        "plan = plan_sweep(sweep, loc, CheckpointStore(loc.checkpoints))\n"
+        "keys = {t.key() for t in plan.trials} | {u.key() for u in plan.units}\n"
+        "print(len(plan.train), len(plan.pending), len(plan.units_pending), len(keys))\n"
+        "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('torch')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PACKAGE.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts, loaded = proc.stdout.splitlines()[-2:]
+    # Nothing stored yet: 5 nets (mlp 2 widths x 2 depths, resnet20) x 3 seeds to train (seed
+    # 2 for the 3-net merges); 5 nets x pair (0, 1) x 2 default methods; 5 curves, 15 pruned
+    # endpoints and 5 merges of 3; every key distinct.
+    assert counts == "15 10 25 35", proc.stdout
+    assert loaded == "False []", proc.stdout

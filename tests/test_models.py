@@ -281,6 +281,20 @@ def test_conv_biases_follow_norm() -> None:
             assert all((m.bias is not None) == has_bias for m in convs), (name, norm)
 
 
+def test_the_torch_free_catalog_is_the_constructors_own_signatures() -> None:
+    # Sweep planning reads the catalog (no torch); building reads the constructors. Any edit
+    # to a constructor's arguments, defaults or annotations without the catalog fails here.
+    import inspect
+
+    from repair_dist.models import catalog, registry
+
+    assert catalog.MODEL_NAMES == MODEL_NAMES == tuple(registry._REGISTRY)
+    for name in MODEL_NAMES:
+        real = inspect.signature(registry._REGISTRY[name]).parameters
+        assert catalog.model_parameters(name) == real, name
+        assert list(catalog.model_parameters(name)) == list(real), name  # order: positional use
+
+
 def test_registry() -> None:
     assert set(MODEL_NAMES) == {"mlp", "vgg", "resnet20", "resnet18", "resnet50"}
     with pytest.raises(ValueError, match="mlp, vgg, resnet20, resnet18, resnet50"):

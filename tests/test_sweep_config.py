@@ -327,6 +327,28 @@ def test_an_odd_seed_would_be_left_unpaired() -> None:
     _one_problem(replace(GOOD, seeds=(0, 1, 2)), "seeds", "seed 2 unpaired", "pairs")
 
 
+def test_the_torch_free_vocabulary_is_the_librarys():
+    # Validation reads repair_dist.variants (no torch); the library computes with these.
+    import importlib
+
+    from repair_dist import curves, train, variants
+    from repair_dist.perm import activation, many
+    from repair_dist.perm.matchers import MATCHING_METHODS
+    from repair_dist.pipeline import METHODS
+
+    prune = importlib.import_module("repair_dist.prune")  # rd.prune is the function
+
+    assert variants.METHODS == METHODS == tuple(MATCHING_METHODS)
+    assert activation.RESIDUAL_MODES is variants.RESIDUAL_MODES
+    assert train.OPTIMIZERS is variants.OPTIMIZERS and set(train.DEFAULT_LR) == set(
+        variants.OPTIMIZERS
+    )
+    assert curves.KINDS is variants.CURVE_KINDS and many.ALIGN_METHODS is variants.ALIGN_METHODS
+    assert prune.PRUNE_KINDS is variants.PRUNE_KINDS
+    assert prune.STRUCTURED_KINDS is variants.STRUCTURED_KINDS
+    assert prune.PRUNE_REPAIR_VARIANTS is variants.PRUNE_REPAIR_VARIANTS
+
+
 def test_unknown_method() -> None:
     _one_problem(replace(GOOD, methods=("activation", "sinkhorn")), "methods", "'sinkhorn'", "ste")
 

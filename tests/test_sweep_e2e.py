@@ -98,7 +98,8 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
     assert (again.endpoints_trained, again.trials_run, again.trials_reused) == (0, 0, 2)
     assert_each_trial_once(root, sweep, uri)
 
-    # A fresh process rerunning the finished sweep starts no Ray and opens no MLflow.
+    # A fresh process rerunning the finished sweep starts no Ray, opens no MLflow and imports
+    # no torch (it only plans, from the store and the tables).
     code = (
         "import json, sys\n"
         "from repair_dist.sweep.config import Sweep\n"
@@ -107,7 +108,7 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
         f"out = run_sweep(sweep, root={root!r})\n"
         "ray = sys.modules.get('ray')\n"
         "print(out.trials_run, out.trials_reused, bool(ray and ray.is_initialized()),"
-        " 'mlflow' in sys.modules)\n"
+        " 'mlflow' in sys.modules, 'torch' in sys.modules)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -118,12 +119,12 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.split()
 
-    assert rerun() == ["0", "2", "False", "False"]
+    assert rerun() == ["0", "2", "False", "False", "False"]
     # A replaced MLflow store no longer matches what the marker recorded: the runs come back.
     Path(uri[len("sqlite:///") :]).unlink()
     tracking_mod._forget_engine(uri)  # this process's pooled connection to the deleted file
     tracking_mod._READY_STORES.clear()
-    assert rerun() == ["0", "2", "False", "True"]
+    assert rerun() == ["0", "2", "False", "True", "False"]
     assert_each_trial_once(root, sweep, uri)
 
 

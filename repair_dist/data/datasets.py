@@ -8,8 +8,10 @@ downloads: a missing dataset raises ``FileNotFoundError`` saying where it was lo
 how to get it.
 
 Each dataset is one :class:`DatasetEntry` in :data:`REGISTRY` (loader, info, availability
-check, and how a sweep's ``data_limit`` applies to it); adding a dataset means writing its
-loader here and adding its entry.
+check, and how a sweep's ``data_limit`` applies to it). What needs no loading (names, shapes,
+class counts, whether the files are here) lives in the torch-free :mod:`.catalog`, which
+sweep planning reads; adding a dataset means adding its catalog entry there and its loader
+to :data:`_LOADERS` here.
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
-"""Where Debian's ``dataset-fashion-mnist`` installs the original (gzip'ed) idx files."""
+from .catalog import (
+    CATALOG,
+    DATASETS,
+    FASHION_MNIST_ROOT,
+    catalog_entry,
+    check_dataset,
+    cifar_location,
+    dataset_info,
+    fashion_paths,
+    imagenet_splits,
+)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -37,16 +48,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Split = tuple[Dataset, Dataset]
-
-
-def _data_root(name: str, root: str | os.PathLike[str] | None) -> Path:
-    """``root`` if given, else ``$REPAIR_DIST_DATA/<name>`` (default ``~/data/<name>``)."""
-    if root is not None:
-        return Path(root).expanduser()
-    if name == "fashion-mnist":
-        return FASHION_MNIST_ROOT
-    base = os.environ.get("REPAIR_DIST_DATA", "~/data")
-    return Path(base).expanduser() / name
 
 
 def _standardise(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -152,38 +153,6 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return data.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
-_FASHION_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-
-
-def _find_idx(root: Path, stem: str) -> Path | None:
-    # Debian's layout first, then torchvision's (root/FashionMNIST/raw).
-    for folder in (root, root / "FashionMNIST" / "raw"):
-        for name in (stem + ".gz", stem):
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def _fashion_paths(root: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Path]]:
-    """(folder, idx file per part), or FileNotFoundError naming the package to install."""
-    folder = _data_root("fashion-mnist", root)
-    found = {key: _find_idx(folder, stem) for key, stem in _FASHION_FILES.items()}
-    missing = [_FASHION_FILES[k] for k, p in found.items() if p is None]
-    if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}[.gz]). "
-            "Install Debian's package dataset-fashion-mnist "
-            f"(`apt-get install dataset-fashion-mnist`, installs under {FASHION_MNIST_ROOT}) "
-            "or pass root= a directory holding the four idx files."
-        )
-    return folder, {k: p for k, p in found.items() if p is not None}
-
-
 def load_fashion_mnist(
     root: str | os.PathLike[str] | None = None,
     *,
@@ -191,7 +160,7 @@ def load_fashion_mnist(
     limit_test: int | None = None,
 ) -> Split:
     """Fashion-MNIST from the original idx files (Debian ``dataset-fashion-mnist``)."""
-    folder, paths = _fashion_paths(root)
+    folder, paths = fashion_paths(root)
     arrays = {key: read_idx(p) for key, p in paths.items()}
     x_train = torch.from_numpy(arrays["train_images"].astype(np.float32) / 255.0).unsqueeze(1)
     x_test = torch.from_numpy(arrays["test_images"].astype(np.float32) / 255.0).unsqueeze(1)
@@ -211,28 +180,6 @@ def load_fashion_mnist(
 
 # --------------------------------------------------------------------------------------------
 # CIFAR-10 (torchvision's python pickles)
-
-_CIFAR_LAYOUT = "cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch}"
-
-
-def _cifar_folder(root: Path) -> Path | None:
-    for folder in (root / "cifar-10-batches-py", root):
-        if (folder / "test_batch").is_file() and (folder / "data_batch_1").is_file():
-            return folder
-    return None
-
-
-def _cifar_location(root: str | os.PathLike[str] | None) -> Path:
-    """The folder holding CIFAR-10's pickles, or FileNotFoundError describing the layout."""
-    base = _data_root("cifar10", root)
-    folder = _cifar_folder(base)
-    if folder is None:
-        raise FileNotFoundError(
-            f"CIFAR-10 not found under {base}: expected torchvision's layout "
-            f"{base}/{_CIFAR_LAYOUT} (the python version of the dataset). "
-            "Pass root= the directory that holds cifar-10-batches-py."
-        )
-    return folder
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -255,7 +202,7 @@ def load_cifar10(
     Parsing the pickles directly (instead of ``torchvision.datasets.CIFAR10``) gives tensors
     for the fast batch path and skips torchvision's md5 checks and per-item PIL conversion.
     """
-    folder = _cifar_location(root)
+    folder = cifar_location(root)
     train_files = sorted(folder.glob("data_batch_*"), key=lambda p: p.name)
     train_parts = [_read_cifar_batch(p) for p in train_files]
     x_test_np, y_test_np = _read_cifar_batch(folder / "test_batch")
@@ -279,26 +226,6 @@ def load_cifar10(
 # ImageNet (ImageFolder)
 
 
-def _has_class_dirs(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_dir() for p in folder.iterdir())
-
-
-def _imagenet_splits(root: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Path]]:
-    """(root, {"train": ..., "val": ...}) or FileNotFoundError describing the ImageFolder layout.
-
-    Looks only for class folders (no image scan), so it is cheap even for the full ImageNet.
-    """
-    base = _data_root("imagenet", root)
-    splits = {s: base / s for s in ("train", "val")}
-    bad = [str(p) for p in splits.values() if not _has_class_dirs(p)]
-    if bad:
-        raise FileNotFoundError(
-            f"ImageNet not found under {base}: missing or empty {', '.join(bad)}. Expected an "
-            "ImageFolder layout: <root>/train/<class>/<image> and <root>/val/<class>/<image>."
-        )
-    return base, splits
-
-
 def load_imagenet(
     root: str | os.PathLike[str] | None = None,
     *,
@@ -312,7 +239,7 @@ def load_imagenet(
     """
     from torchvision import datasets, transforms
 
-    base, splits = _imagenet_splits(root)
+    base, splits = imagenet_splits(root)
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     resize = max(image_size, round(image_size * 256 / 224))
     eval_tf = transforms.Compose(
@@ -438,77 +365,31 @@ class DatasetEntry:
     aliases: tuple[str, ...] = ()
 
 
-def _fixed_info(in_shape: tuple[int, ...], num_classes: int = 10) -> Callable[..., dict]:
-    def info(root: Any = None, **opts: Any) -> dict:
-        return {"in_shape": in_shape, "num_classes": num_classes}
-
-    return info
-
-
-def _synthetic_info(root: Any = None, **opts: Any) -> dict:
-    shape = tuple(int(s) for s in opts.get("shape", (3, 16, 16)))
-    return {"in_shape": shape, "num_classes": int(opts.get("num_classes", 10))}
-
-
-def _imagenet_info(root: Any = None, **opts: Any) -> dict:
-    size = int(opts.get("image_size", 224))
-    train_dir = _data_root("imagenet", root) / "train"
-    classes = (
-        sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 0
-    ) or 1000
-    return {"in_shape": (3, size, size), "num_classes": classes}
-
-
 def _load_synthetic(root: Any, limit: int | None, **opts: Any) -> Split:
     sizes = {} if limit is None else {"n_train": limit, "n_test": test_size_for(limit)}
     return load_synthetic(**{**opts, **sizes})
 
 
-REGISTRY: dict[str, DatasetEntry] = {
-    e.name: e
-    for e in (
-        DatasetEntry(
-            "digits",
-            load=lambda root, limit, **opts: _head(load_digits_data(**opts), limit),
-            info=_fixed_info((1, 8, 8)),
-        ),
-        DatasetEntry(
-            "fashion-mnist",
-            load=lambda root, limit, **opts: load_fashion_mnist(
-                root, **{**opts, **_limit_options(limit)}
-            ),
-            info=_fixed_info((1, 28, 28)),
-            check=_fashion_paths,
-            aliases=("fashionmnist", "fmnist"),
-        ),
-        DatasetEntry(
-            "cifar10",
-            load=lambda root, limit, **opts: load_cifar10(
-                root, **{**opts, **_limit_options(limit)}
-            ),
-            info=_fixed_info((3, 32, 32)),
-            check=_cifar_location,
-            aliases=("cifar-10",),
-        ),
-        DatasetEntry(
-            "imagenet",
-            load=lambda root, limit, **opts: _strided(load_imagenet(root, **opts), limit),
-            info=_imagenet_info,
-            check=_imagenet_splits,
-        ),
-        DatasetEntry("synthetic", load=_load_synthetic, info=_synthetic_info),
-    )
+#: name -> ``load(root, limit, **opts)``; one per entry of :data:`~.catalog.CATALOG`.
+_LOADERS: dict[str, Callable[..., Split]] = {
+    "digits": lambda root, limit, **opts: _head(load_digits_data(**opts), limit),
+    "fashion-mnist": lambda root, limit, **opts: load_fashion_mnist(
+        root, **{**opts, **_limit_options(limit)}
+    ),
+    "cifar10": lambda root, limit, **opts: load_cifar10(root, **{**opts, **_limit_options(limit)}),
+    "imagenet": lambda root, limit, **opts: _strided(load_imagenet(root, **opts), limit),
+    "synthetic": _load_synthetic,
 }
-DATASETS: tuple[str, ...] = tuple(REGISTRY)
+
+REGISTRY: dict[str, DatasetEntry] = {
+    name: DatasetEntry(name, _LOADERS[name], entry.info, entry.check, entry.aliases)
+    for name, entry in CATALOG.items()
+}
 
 
 def dataset_entry(name: str) -> DatasetEntry:
     """The registry entry of ``name`` (case, ``_`` for ``-`` and aliases forgiven)."""
-    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
-    for entry in REGISTRY.values():
-        if key == entry.name or key in entry.aliases:
-            return entry
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return REGISTRY[catalog_entry(name).name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,22 +418,25 @@ def load_dataset(
     return dataset_entry(name).load(root, limit, **opts)
 
 
-def check_dataset(name: str, root: str | os.PathLike[str] | None = None) -> None:
-    """Raise what :func:`load_dataset` would raise if ``name`` is unknown or not on this machine.
-
-    ValueError for an unknown name, FileNotFoundError (the loader's own message: where it
-    looked and how to get the data) for missing files. Existence checks only, nothing is read,
-    so sweep validation can call it before anything is scheduled.
-    """
-    entry = dataset_entry(name)
-    if entry.check is not None:
-        entry.check(root)
-
-
-def dataset_info(name: str, root: str | os.PathLike[str] | None = None, **opts: Any) -> dict:
-    """``{"in_shape": ..., "num_classes": ...}`` for building a model, without loading data.
-
-    Accepts (and ignores) the loader options that do not change the answer, so a sweep can
-    pass the same options to both functions.
-    """
-    return dataset_entry(name).info(root, **opts)
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DATASETS",
+    "FASHION_MNIST_ROOT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "REGISTRY",
+    "DatasetEntry",
+    "check_dataset",
+    "dataset_entry",
+    "dataset_info",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits_data",
+    "load_fashion_mnist",
+    "load_imagenet",
+    "load_synthetic",
+    "read_idx",
+    "stratified_split",
+    "test_size_for",
+]

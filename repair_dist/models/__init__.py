@@ -3,86 +3,36 @@
 ``net.config`` is a flat JSON-serialisable dict ``{"name": ..., <every constructor argument,
 defaults filled in>}``, so ``build_model(**net.config)`` rebuilds the same architecture (this is
 what checkpoints store in ``meta.json``).
+
+Names are imported on first use (PEP 562): :data:`MODEL_NAMES` comes from the torch-free
+:mod:`~repair_dist.models.catalog`, so planning a sweep never imports torch; ``build_model``
+and the model classes import it when first named.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
-from torch import nn
+from .._lazy import lazy_api
+from .catalog import MODEL_NAMES
 
-from .mlp import MLP
-from .norms import NORM_KINDS, NORMS, layer_bias, make_norm, norm_kind
-from .resnet import ResNet20
-from .vgg import VGG
-
-
-def torchvision_resnet(
-    name: str = "resnet18",
-    width: float = 1,
-    norm: str = "bn",
-    num_classes: int = 1000,
-    in_shape: Sequence[int] = (3, 224, 224),
-) -> nn.Module:
-    """torchvision ResNet18/50 (load-compatible with torchvision checkpoints for bn, width 1).
-
-    Imports torchvision's models on first use only (seconds, paid by every worker otherwise).
-    """
-    from .tv_resnet import TorchvisionResNet
-
-    return TorchvisionResNet(name, width, norm, num_classes, in_shape)
-
-
-def __getattr__(attr: str) -> Any:
-    if attr == "TorchvisionResNet":  # lazily, like torchvision_resnet
-        from .tv_resnet import TorchvisionResNet
-
-        return TorchvisionResNet
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
-
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "vgg": VGG,
-    "resnet20": ResNet20,
-    "resnet18": partial(torchvision_resnet, "resnet18"),
-    "resnet50": partial(torchvision_resnet, "resnet50"),
+#: Public name -> (module, attribute).
+_API: dict[str, tuple[str, str]] = {
+    "MLP": (".mlp", "MLP"),
+    "NORMS": (".norms", "NORMS"),
+    "NORM_KINDS": (".norms", "NORM_KINDS"),
+    "VGG": (".vgg", "VGG"),
+    "ResNet20": (".resnet", "ResNet20"),
+    # torchvision's models cost seconds to import, paid by every worker otherwise
+    "TorchvisionResNet": (".tv_resnet", "TorchvisionResNet"),
+    "build_model": (".registry", "build_model"),
+    "layer_bias": (".norms", "layer_bias"),
+    "make_norm": (".norms", "make_norm"),
+    "norm_kind": (".norms", "norm_kind"),
+    "torchvision_resnet": (".registry", "torchvision_resnet"),
 }
-MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
-
-def _jsonable(v: Any) -> Any:
-    # Tuples (in_shape) become lists so that the config equals its own JSON round trip.
-    if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-def _signature(name: str) -> inspect.Signature:
-    # For a partial (resnet18/50), the signature already omits the bound arch name.
-    return inspect.signature(_REGISTRY[name])
-
-
-def build_model(name: str, **cfg: Any) -> nn.Module:
-    """Build a registered model; ``model.config`` records name and all arguments."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    sig = _signature(name)
-    try:
-        bound = sig.bind(**cfg)
-    except TypeError:
-        bad = sorted(set(cfg) - set(sig.parameters))
-        given = ", ".join(f"{k}={cfg[k]!r}" for k in bad) or repr(cfg)
-        valid = ", ".join(sig.parameters)
-        raise ValueError(f"{name} does not take {given}; its arguments are: {valid}") from None
-    bound.apply_defaults()
-    model = _REGISTRY[name](**bound.arguments)
-    model.config = {"name": name, **{k: _jsonable(v) for k, v in bound.arguments.items()}}
-    return model
-
+__getattr__, __dir__ = lazy_api(__name__, globals(), _API)
 
 __all__ = [
     "MLP",
@@ -98,3 +48,11 @@ __all__ = [
     "norm_kind",
     "torchvision_resnet",
 ]
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from .mlp import MLP
+    from .norms import NORM_KINDS, NORMS, layer_bias, make_norm, norm_kind
+    from .registry import build_model, torchvision_resnet
+    from .resnet import ResNet20
+    from .tv_resnet import TorchvisionResNet
+    from .vgg import VGG

@@ -8,12 +8,9 @@ from torch.utils.data import Dataset
 
 from ..data.batches import BatchPlan, as_plan
 from ..passes import Probe, StatsDict, Workers, alignment_stats_pass, run_pass
+from ..variants import RESIDUAL_MODES
 from .apply import Permutation
 from .spec import PermutationSpec, permutation_spec
-
-#: "output": correlate a residual stream at the stage output only (REPAIR code);
-#: "sum": sum the correlation matrices of every block output in the stage (Tatro et al.).
-RESIDUAL_MODES = ("output", "sum")
 
 
 def matching_probes(

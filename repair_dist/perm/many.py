@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..data.batches import BatchPlan
 from ..passes import Executor, Workers, resolve_executor
+from ..variants import ALIGN_METHODS
 from .activation import activation_matching, check_same_architecture
 from .apply import (
     Permutation,
@@ -36,8 +37,6 @@ from .apply import (
 )
 from .spec import PermutationSpec, permutation_spec
 from .weight import _parameters, match_weights, weight_matching
-
-ALIGN_METHODS = ("weight", "activation", "merge_many")
 
 Params = dict[str, torch.Tensor]
 

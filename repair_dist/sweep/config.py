@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .. import store as _store
-from ..data import dataset_info
-from ..models import MODEL_NAMES
+from ..data.catalog import dataset_info
+from ..models.catalog import MODEL_NAMES, model_parameters
 from ..store import CheckpointStore, cached_key, canonical_json
 from ..variants import ALWAYS_REPORTED, DEFAULT_METHODS, VARIANTS, alpha_grid
 from .fields import suggest_unknown_fields
@@ -78,10 +78,9 @@ def fmt_value(x: object) -> str:
 
 
 def _model_parameters(model: str) -> Mapping[str, inspect.Parameter]:
-    """The constructor arguments of a registered model (what ``build_model`` binds)."""
-    from ..models import _signature  # the registry's own view of each constructor
-
-    return _signature(model).parameters
+    """The constructor arguments of a registered model (what ``build_model`` binds), from the
+    torch-free catalog (a test keeps it equal to the constructors' own signatures)."""
+    return model_parameters(model)
 
 
 def takes_depth(model: str) -> bool:

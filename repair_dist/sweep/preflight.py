@@ -32,12 +32,19 @@ class Checked:
     store: CheckpointStore
 
 
-def local_resources() -> dict[str, float]:
-    """What a local Ray started by this process will have: this machine's CPUs and GPUs."""
-    import torch
+def local_resources(*, count_gpus: bool = True) -> dict[str, float]:
+    """What a local Ray started by this process will have: this machine's CPUs and GPUs.
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
+    ``count_gpus=False`` leaves ``GPU`` out, for a sweep that asks for none (no check reads
+    the count then): counting them imports torch, over a second a finished sweep's rerun
+    would pay for nothing.
+    """
+    out = {"CPU": float(os.cpu_count() or 1)}
+    if count_gpus:
+        import torch
+
+        out["GPU"] = float(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return out
 
 
 def _tracking_problem(uri: str) -> str | None:

@@ -233,7 +233,7 @@ def run_sweep(
         root,
         store,
         tracking_uri,
-        cluster_resources=_resources_before_ray(joining),
+        cluster_resources=_resources_before_ray(joining, sweep),
         build_models=False,  # built below, only if anything is left to compute
     )
     loc, ckpts = checked.root, checked.store
@@ -264,13 +264,14 @@ def _raise_if_disk_full(err: BaseException, loc: Location, ckpts: CheckpointStor
             raise StorageError(errno.ENOSPC, problem) from err
 
 
-def _resources_before_ray(joining: bool) -> dict[str, Any]:
+def _resources_before_ray(joining: bool, sweep: Sweep) -> dict[str, Any]:
     ray = sys.modules.get("ray")  # not imported yet: not initialised either (and stays so)
     if joining or (ray is not None and ray.is_initialized()):
         import ray
 
         return dict(ray.cluster_resources())
-    return local_resources()
+    # GPUs matter only to a sweep that asks for some (counting them imports torch).
+    return local_resources(count_gpus=sweep.gpus_per_worker != 0)
 
 
 def _run_locked(

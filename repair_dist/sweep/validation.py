@@ -5,7 +5,10 @@ one line per problem naming the field, because a sweep that fails after an hour 
 trial (a width the model refuses, data missing on this machine, a GPU the cluster does not
 have: Ray would wait forever) costs far more than reading a list of mistakes up front.
 Validation is cheap: argument checks, file-existence checks and one forward pass per
-architecture on PyTorch's ``meta`` device (shapes only, no memory, no data).
+architecture on PyTorch's ``meta`` device (shapes only, no memory, no data). Only that forward
+pass needs torch: every other check reads torch-free catalogs (:mod:`repair_dist.variants`,
+:mod:`repair_dist.models.catalog`, :mod:`repair_dist.data.catalog`), so validating a finished
+sweep's rerun with ``build_models=False`` never imports it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..data import DATASETS, check_dataset, dataset_info
+from ..data.catalog import DATASETS, check_dataset, dataset_info
 from ..location import SAFE_NAME, SAFE_PUNCTUATION
-from ..models import MODEL_NAMES, build_model
-from ..perm.activation import RESIDUAL_MODES
-from ..pipeline import METHODS
-from ..train import OPTIMIZERS
+from ..models.catalog import MODEL_NAMES
+from ..variants import METHODS, OPTIMIZERS, RESIDUAL_MODES
 from .config import (
     ArchGrid,
     Sweep,
@@ -46,6 +47,8 @@ def _constructor_problem(model: str, **kwargs: Any) -> str | None:
     the sweep accepts exactly what the model accepts.
     """
     import torch
+
+    from ..models import build_model
 
     try:
         with torch.device("meta"):
@@ -192,6 +195,8 @@ def _build_failures(where: str, arch: ArchGrid, info: dict) -> list[str]:
     down-sampling, in milliseconds and without allocating a single weight.
     """
     import torch
+
+    from ..models import build_model
 
     problems: list[str] = []
     for width, depth, norm in arch.combos():

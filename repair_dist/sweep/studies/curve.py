@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 
 from ... import store as _store
-from ...curves import KINDS, Curve, curve_barriers, curve_profile, fit_curve
-from ...perm import apply_permutation
-from ...pipeline import alpha_grid, merge_trial
 from ...store import canonical_json
+from ...variants import CURVE_KINDS as KINDS
+from ...variants import alpha_grid
 from .base import Study, StudyConfig, StudyInputs, StudySpec
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from ...curves import Curve
     from ...store import CheckpointStore
     from ..config import Sweep
 
@@ -78,13 +78,17 @@ def fitted_curve(
     net_b: nn.Module,
     train: Any,
     matching: str,
-    fit: Callable[..., Curve] = fit_curve,
+    fit: Callable[..., Curve] | None = None,
 ) -> tuple[Curve, float]:
-    """(curve, fit seconds): M from the store when it was fitted before, else fitted and saved.
+    """(curve, fit seconds): M from the store when it was fitted before, else fitted and saved
+    (by ``fit``, default :func:`repair_dist.fit_curve`).
 
     The seconds are those of the original fit (kept in M's meta), so a resumed trial reports
     what the curve cost, not what loading it cost.
     """
+    from ...curves import Curve, fit_curve
+
+    fit = fit_curve if fit is None else fit
     key = _fit_key(spec, matching)
     kind = spec.setting("kind")
     if store.has(key):
@@ -170,6 +174,10 @@ class CurveStudy(Study):
 
     def run(self, spec: StudySpec, inputs: StudyInputs) -> dict[str, pd.DataFrame]:
         import time
+
+        from ...curves import curve_barriers, curve_profile
+        from ...perm import apply_permutation
+        from ...pipeline import merge_trial
 
         started = time.perf_counter()
         a, b = spec.endpoints

@@ -31,14 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-# Library internals this study computes with, in one place (easy to re-point).
-from ...many import ensemble
-from ...merge import interpolate
-from ...metrics import evaluate
-from ...passes import resolve_executor
-from ...perm import apply_permutation, permutation_spec
-from ...perm.many import ALIGN_METHODS, align_many
-from ...repair import repair
+from ...variants import ALIGN_METHODS
 from .base import Study, StudyConfig, StudyInputs, StudySpec, check_choices, check_repair_variants
 
 if TYPE_CHECKING:
@@ -206,6 +199,16 @@ class MergeManyStudy(Study):
         return list(dict.fromkeys(ep for eps in _nets(config, sweep) for ep in eps))
 
     def run(self, spec: StudySpec, inputs: StudyInputs) -> dict[str, pd.DataFrame]:
+        # Library internals this study computes with, in one place (easy to re-point); here,
+        # not at the top, so that planning a sweep never imports torch.
+        from ...many import ensemble
+        from ...merge import interpolate
+        from ...metrics import evaluate
+        from ...passes import resolve_executor
+        from ...perm import apply_permutation, permutation_spec
+        from ...perm.many import align_many
+        from ...repair import repair
+
         nets = [inputs.store.load(ep.key())[0] for ep in spec.endpoints]
         n = len(nets)
         weights = [1.0 / n] * n

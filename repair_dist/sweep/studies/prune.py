@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from ...prune import PRUNE_KINDS, PRUNE_REPAIR_VARIANTS, STRUCTURED_KINDS, pruning_rows
+from ...variants import PRUNE_KINDS, PRUNE_REPAIR_VARIANTS, STRUCTURED_KINDS
 from .base import Study, StudyConfig, StudyInputs, StudySpec, check_choices
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ class PruneStudy(Study):
         return [StudySpec(sweep.name, self.name, (ep,), settings) for ep in sweep.endpoints()]
 
     def run(self, spec: StudySpec, inputs: StudyInputs) -> dict[str, pd.DataFrame]:
+        from ...prune import pruning_rows  # here, not at the top: planning needs no torch
+
         (ep,) = spec.endpoints
         dense, _ = inputs.store.load(ep.key())
         rows = pruning_rows(
