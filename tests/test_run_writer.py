@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 from repair_dist.sweep.run_writer import RunWriter, sql_store
 from repair_dist.sweep.tracking import (
     Tracker,
-    TrackingUnavailable,
     default_tracking_uri,
     trial_metrics,
 )
@@ -149,23 +148,3 @@ def test_a_tracker_that_wrote_runs_still_pickles(uri: str) -> None:
     assert copy.log_trial("tk1", PARAMS, _barriers(), _curves()) == first
     assert copy.log_trial("tk2", PARAMS, _barriers(), _curves()) != first
     assert isinstance(copy._writer, RunWriter)
-
-
-def test_opening_a_tracker_does_what_the_first_run_would(uri: str) -> None:
-    tracker = Tracker(uri, "quick", exclusive=True)
-    tracker.open()
-    assert isinstance(tracker._writer, RunWriter) and tracker._run_map == {}
-    parent = MlflowClient(tracking_uri=uri).get_run(tracker.parent_run_id())
-    assert parent.data.tags["sweep_parent"] == "quick"
-    run_id = tracker.log_trial("tk1", PARAMS, _barriers(), _curves())
-    assert tracker._run_map == {"tk1": run_id}
-
-
-def test_opening_an_unreachable_tracker_fails_fast() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(TrackingUnavailable, match="127.0.0.1"):
-        Tracker(f"http://127.0.0.1:{port}", "quick", timeout=2, exclusive=True).open()

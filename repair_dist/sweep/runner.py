@@ -20,7 +20,6 @@ once per sweep (:mod:`.figures`); and the sweep's tables are compacted when it e
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -299,18 +298,12 @@ def _run_locked(
         # still stops the sweep before any compute, with one message. With every endpoint
         # stored, each combination has been built, trained and evaluated on this dataset
         # already (a stored checkpoint proves more than a meta forward): nothing to build.
-        # Tune and MLflow are made ready meanwhile too (imports and the store: ~3 s of CPU
-        # the first trials would otherwise share their cores with).
-        with ThreadPoolExecutor(2, thread_name_prefix="prepare") as background:
+        with ThreadPoolExecutor(1, thread_name_prefix="validate") as background:
             checked = background.submit(validate_models, sweep) if plan.train else None
-            prepared = None
-            if plan.pending or plan.units_pending:
-                prepared = background.submit(_prepare_units_stage, tracker)
             if not ray.is_initialized():
                 _ray_up(address)
-            for future in (checked, prepared):
-                if future is not None:
-                    future.result()
+            if checked is not None:
+                checked.result()
         # Pools this process cached for earlier sharded passes (a notebook's workers=N) are
         # idle now; left alive they hold the CPUs/GPUs the sweep's trials wait for, forever.
         release_cached_pools()
@@ -367,16 +360,6 @@ def _run_locked(
         summary=results.summarize(table) if not table.empty else table,
         mlflow_problems=problems,
     )
-
-
-def _prepare_units_stage(tracker: Tracker | None) -> None:
-    """Import Tune and open MLflow before the trials need them. A failure to open MLflow is
-    left to the publisher, which meets it again and records it as a problem of the sweep."""
-    from . import publish  # noqa: F401  (imports Ray Tune)
-
-    if tracker is not None:
-        with contextlib.suppress(TrackingUnavailable):
-            tracker.open()
 
 
 def _run_units(

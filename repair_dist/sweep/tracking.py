@@ -529,17 +529,6 @@ class Tracker:
                 )
         return self._parent
 
-    def open(self) -> None:
-        """Do now what the first logged run would: import MLflow, open the store, find the
-        experiment and the parent run, and for the sweep's only writer its run map. The
-        runner calls it while Ray starts, so that those seconds are not spent in the middle
-        of the trials. Raises TrackingUnavailable like any other call."""
-        self.parent_run_id()
-        if self.exclusive:
-            with self._guard(f"listing the runs of {self.sweep!r}"):
-                self._runs_by_key()
-                self._run_writer()
-
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the sweep's parent run ``status`` (FINISHED, FAILED, KILLED) at the sweep's end.
 
