@@ -218,3 +218,31 @@ def test_planning_and_validating_a_sweep_load_no_torch(tmp_path: Path) -> None:
     # endpoints and 5 merges of 3; every key distinct.
     assert counts == "15 10 25 35", proc.stdout
     assert loaded == "False []", proc.stdout
+
+
+def test_the_sweep_drivers_trainables_and_ray_layer_load_no_torch() -> None:
+    """The Tune entry points live in a torch-free module (Tune pickles them by reference, so
+    the driver imports it), and releasing pools that were never made imports no pool: a sweep
+    whose endpoints are all stored runs its driver without torch. The compute behind them
+    still answers to its old names there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import repair_dist.sweep.trainables as t\n"
+        "from repair_dist.distributed import release_cached_pools\n"
+        "release_cached_pools()\n"
+        "entry = (t.endpoint_trainable, t.merge_trainable, t.study_trainable)\n"
+        "print('torch' in sys.modules, {f.__module__ for f in entry} == {t.__name__})\n"
+        "print(t.run_merge_trial.__module__, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PACKAGE.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-4:] == ["False", "True", "repair_dist.sweep.unit_work", "True"]

@@ -16,7 +16,7 @@ import pytest
 
 from repair_dist.location import Location
 from repair_dist.store import CheckpointStore
-from repair_dist.sweep import results, trainables
+from repair_dist.sweep import results, unit_work
 from repair_dist.sweep.config import (
     ArchGrid,
     CurveConfig,
@@ -145,7 +145,7 @@ def test_a_curve_unit_writes_five_lines_and_two_barrier_rows_and_never_refits(tr
     def no_refit(*args, **kwargs):
         raise AssertionError("a finished curve was fitted again")
 
-    monkeypatch.setattr(trainables, "fit_curve", no_refit)  # what the unit's inputs fit with
+    monkeypatch.setattr(unit_work, "fit_curve", no_refit)  # what the unit's inputs fit with
     again = run_study_trial(unit, store, root)
     pd.testing.assert_frame_equal(
         again["curves"].drop(columns=[]), tables["curves"], check_exact=False, rtol=1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -100,19 +101,19 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
 
     # A fresh process rerunning the finished sweep starts no Ray, opens no MLflow and imports
     # no torch (it only plans, from the store and the tables).
-    code = (
-        "import json, sys\n"
-        "from repair_dist.sweep.config import Sweep\n"
-        "from repair_dist.sweep.runner import run_sweep\n"
-        f"sweep = Sweep.from_dict(json.loads({json.dumps(sweep.to_dict())!r}))\n"
-        f"out = run_sweep(sweep, root={root!r})\n"
-        "ray = sys.modules.get('ray')\n"
-        "print(out.trials_run, out.trials_reused, bool(ray and ray.is_initialized()),"
-        " 'mlflow' in sys.modules, 'torch' in sys.modules)\n"
-    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
-    def rerun() -> list[str]:
+    def rerun(which: Sweep = sweep) -> list[str]:
+        code = (
+            "import json, sys\n"
+            "from repair_dist.sweep.config import Sweep\n"
+            "from repair_dist.sweep.runner import run_sweep\n"
+            f"sweep = Sweep.from_dict(json.loads({json.dumps(which.to_dict())!r}))\n"
+            f"out = run_sweep(sweep, root={root!r})\n"
+            "ray = sys.modules.get('ray')\n"
+            "print(out.trials_run, out.trials_reused, bool(ray and ray.is_initialized()),"
+            " 'mlflow' in sys.modules, 'torch' in sys.modules)\n"
+        )
         proc = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
         )
@@ -126,6 +127,18 @@ def test_a_small_sweep_lands_every_barrier_once_in_parquet_mlflow_and_plots(ray_
     tracking_mod._READY_STORES.clear()
     assert rerun() == ["0", "2", "False", "True", "False"]
     assert_each_trial_once(root, sweep, uri)
+
+    # Another sweep over the same stored endpoints, in a fresh process: its trial runs in a
+    # Tune worker, and the driver (endpoint rows from the store's meta, Tune, MLflow, Parquet,
+    # figures) never imports torch (seconds of CPU and hundreds of MB per sweep).
+    other = dataclasses.replace(sweep, name="tiny-stored", methods=("activation",))
+    assert rerun(other) == ["1", "0", "True", "True", "False"]
+    assert_each_trial_once(root, other, uri)
+    rows = results.read_table(root, "endpoints", other.name)
+    assert sorted(rows["endpoint_key"]) == sorted(ep.key() for ep in sweep.endpoints())
+    assert set(results.read_table(root, "filters", other.name)["endpoint_key"]) == set(
+        rows["endpoint_key"]
+    )
 
 
 def test_mlflow_unreachable_still_writes_every_parquet_row_and_sync_backfills(ray_ready, tmp_path):

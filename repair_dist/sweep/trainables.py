@@ -1,47 +1,65 @@
-"""The two Ray Tune function trainables: train one endpoint (stage 1), run one merge trial (2).
+"""The Ray Tune function trainables: train one endpoint (stage 1), run merge trials and study
+units (stage 2).
 
-Both are idempotent, because Tune may run a trial twice (a retry after a node died, or
+Both stages are idempotent, because Tune may run a trial twice (a retry after a node died, or
 ``Tuner.restore`` after a driver crash): stage 1 skips training when the checkpoint store
 already holds an intact checkpoint under the endpoint's key; stage 2 writes its Parquet files
 under its trial key (a rerun replaces them) with the ``trials`` file last, so its presence
 marks a finished trial. Trials never talk to MLflow: the driver logs from the Parquet files,
 so worker nodes need no access to the tracking server.
+
+This module is the driver's side and imports no torch: Tune pickles the entry points by
+reference, so the driver imports their module, and it writes a stored endpoint's rows from the
+store's meta alone. The compute (training, merging, studies, measuring filters) lives in
+:mod:`.unit_work`, imported where a unit is computed. Its public names are served from here
+too (PEP 562), so ``from repair_dist.sweep.trainables import run_merge_trial`` still works.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 from pyarrow.fs import FileType
-from torch.utils.data import TensorDataset
 
-from ..collapse import filter_collapse
-from ..curves import fit_curve
-from ..data import BatchPlan, load_dataset
+from .._lazy import lazy_api
 from ..location import Location
-from ..metrics import evaluate
-from ..models import build_model
-from ..pipeline import merge_trial
-from ..store import CheckpointStore, canonical_json
-from ..train import train_model
+from ..store import CheckpointStore
 from . import results
 from .config import EndpointConfig, TrialSpec
-from .ddp import fit_curve_data_parallel, train_data_parallel
-from .studies import StudyInputs, StudySpec, study
+from .studies import StudySpec
 from .tune_setup import tune
 
+#: Names of :mod:`.unit_work` importable from here (they import torch when first named).
+_WORK = f"{__package__}.unit_work"
+_API: dict[str, tuple[str, str]] = {
+    name: (_WORK, name)
+    for name in (
+        "collapsed_total",
+        "merge_for_spec",
+        "register_endpoint",
+        "run_merge_trial",
+        "run_study_trial",
+        "study_inputs",
+        "trial_tables",
+    )
+}
 
-def _threads(cpus: float) -> None:
-    torch.set_num_threads(max(1, int(cpus)))
+__getattr__, __dir__ = lazy_api(__name__, globals(), _API)
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from .unit_work import (
+        collapsed_total,
+        merge_for_spec,
+        register_endpoint,
+        run_merge_trial,
+        run_study_trial,
+        study_inputs,
+        trial_tables,
+    )
 
 
 def endpoint_from_dict(d: dict[str, Any]) -> EndpointConfig:
@@ -67,61 +85,25 @@ def train_endpoint(
 ) -> dict[str, Any]:
     """Train ``ep`` unless the store already holds it; returns its ``endpoints`` table row.
 
-    ``ep.train_workers > 1`` trains data-parallel on Ray Train workers of the given size.
+    ``ep.train_workers > 1`` trains data-parallel on Ray Train workers of the given size. A
+    stored endpoint's row comes from its meta (no torch).
     """
     key = ep.key()
     if not store.check(key):  # damage raises CorruptCheckpoint: never retrained silently
-        train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
-        started = time.perf_counter()
-        if ep.train_workers > 1:
-            net = train_data_parallel(
-                ep,
-                data_root=data_root,
-                cpus_per_worker=cpus_per_worker,
-                gpus_per_worker=gpus_per_worker,
-                storage=storage or Location.of(os.path.join(tempfile.gettempdir(), "repair-dist")),
-            )
-        else:
-            torch.manual_seed(ep.seed)  # the architecture's init is part of the seed's identity
-            net = build_model(ep.model, **ep.model_kwargs(data_root))
-            net = train_model(
-                net,
-                train,
-                epochs=ep.epochs,
-                seed=ep.seed,
-                batch_size=ep.batch_size,
-                lr=ep.lr,
-                optimizer=ep.optimizer,
-            )
-        seconds = time.perf_counter() - started
-        tr, te = evaluate(net, train), evaluate(net, test)
-        if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
-            raise FloatingPointError(
-                f"endpoint {ep.model} w{ep.width:g} norm={ep.norm} seed={ep.seed} diverged "
-                f"(train loss {tr['loss']}, test loss {te['loss']}); set a lower lr in the sweep"
-            )
-        filters = filter_collapse(net, train, endpoint_key=key)
-        meta = {
-            **ep.params(),
-            "train_loss": tr["loss"],
-            "train_acc": tr["acc"],
-            "test_loss": te["loss"],
-            "test_acc": te["acc"],
-            "collapsed_filters": collapsed_total(filters),
-            "filters": filters.to_dict("records"),
-            "train_seconds": seconds,
-        }
-        store.save(key, net.cpu(), meta)
+        from .unit_work import train_and_store
+
+        train_and_store(
+            ep,
+            store,
+            data_root,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            storage=storage,
+        )
     meta = {**store.meta(key), **ep.params()}  # the store's "model" is the build config
     row = {col: meta.get(col) for col in results.REQUIRED["endpoints"]}
     row["uri"] = store.path(key)
     return row
-
-
-def collapsed_total(filters: pd.DataFrame) -> int:
-    """The ``endpoints`` table's ``collapsed_filters``: collapsed plus dead channels summed
-    over the endpoint's ``filters`` rows (one number per net, kept for summaries)."""
-    return int(filters["collapsed"].sum() + filters["dead"].sum())
 
 
 def endpoint_filters(
@@ -137,48 +119,11 @@ def endpoint_filters(
     if meta.get("filters"):
         rows = pd.DataFrame(meta["filters"])
     else:
-        net, _ = store.load(key)
-        train, _ = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
-        rows = filter_collapse(net, train, endpoint_key=key)
+        from .unit_work import measure_filters
+
+        rows = measure_filters(ep, store, data_root)
     ids = {c: getattr(ep, c) for c in results.TRIAL_ID_COLUMNS}
     return rows.assign(endpoint_key=key, seed=ep.seed, **ids)
-
-
-def register_endpoint(
-    ep: EndpointConfig,
-    source: str | os.PathLike,
-    store: CheckpointStore,
-    data_root: str | None = None,
-) -> dict[str, Any]:
-    """Adopt existing weights (e.g. a torchvision ResNet50 ``.pth``) as endpoint ``ep``.
-
-    Stored under ``ep.key()``, so stage 1 of any sweep holding ``ep`` finds it and trains
-    nothing. The weights are checked against the architecture before anything is written;
-    test metrics are measured now (train metrics stay empty: a full pass over e.g. ImageNet's
-    train split is not worth it at registration).
-    """
-    config = {"name": ep.model, **ep.model_kwargs(data_root)}
-    written = store.register(ep.key(), source, config, ep.params())
-    net, _ = store.load(ep.key())
-    _, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
-    te = evaluate(net, test)
-    metrics = {
-        "test_loss": te["loss"],
-        "test_acc": te["acc"],
-        "train_loss": float("nan"),
-        "train_acc": float("nan"),
-        # Dead units are measured on the test split here (a train pass over, e.g., ImageNet
-        # is not worth it at registration); the filters rows say which split in the meta.
-        "collapsed_filters": collapsed_total(
-            filters := filter_collapse(net, test, endpoint_key=ep.key())
-        ),
-        "filters": filters.to_dict("records"),
-        "filters_split": "test",
-        "train_seconds": 0.0,
-        "registered_from": str(source),
-    }
-    store.save(ep.key(), net, {**written, **ep.params(), **metrics})
-    return metrics
 
 
 def endpoint_trainable(
@@ -200,7 +145,9 @@ def endpoint_trainable(
     config many times; with whole specs in it that was half of the driver's CPU per trial.
     The same holds for :func:`merge_trainable` and :func:`study_trainable`.
     """
-    _threads(cpus)
+    from .unit_work import set_threads
+
+    set_threads(cpus)
     ep = endpoint_from_dict(specs[config["endpoint"]])
     row = train_endpoint(
         ep,
@@ -226,86 +173,6 @@ def write_endpoint_rows(
     filters = endpoint_filters(ep, store, data_root)
     results.write_rows(root, "filters", sweep, ep.key(), filters)
     results.write_rows(root, "endpoints", sweep, ep.key(), pd.DataFrame([row]))
-
-
-def trial_tables(spec: TrialSpec, outcome: Any) -> dict[str, pd.DataFrame]:
-    """The Parquet rows of one finished merge trial (DESIGN.md §5)."""
-    params = spec.params()
-    ids = {c: params[c] for c in results.TRIAL_ID_COLUMNS}
-    key = spec.key()
-    trials = outcome.barriers.assign(
-        trial_key=key,
-        endpoint_a=params["endpoint_a"],
-        endpoint_b=params["endpoint_b"],
-        method=spec.method,
-        seed_a=spec.a.seed,
-        seed_b=spec.b.seed,
-        residual=spec.residual,
-        seconds=outcome.seconds,
-        **ids,
-    )
-    curves = outcome.curves.assign(trial_key=key, method=spec.method, **ids)
-    layers = outcome.layers.assign(trial_key=key, method=spec.method, **ids)
-    return {"curves": curves, "layers": layers, "trials": trials}
-
-
-def merge_for_spec(
-    spec: TrialSpec, net_a: Any, net_b: Any, train: Any, test: Any, *, workers: Any = 1
-) -> Any:
-    """:func:`~repair_dist.pipeline.merge_trial` with every setting taken from ``spec``."""
-    return merge_trial(
-        net_a,
-        net_b,
-        train,
-        test,
-        method=spec.method,
-        variants=spec.variants,
-        alphas=list(spec.alphas),
-        residual=spec.residual,
-        batch_size=spec.batch_size,
-        seed=spec.a.seed,
-        workers=workers,
-    )
-
-
-def _meta(spec: TrialSpec, table: str) -> dict[str, str] | None:
-    """What MLflow needs beyond the columns, in the ``trials`` file (for ``sync-mlflow``)."""
-    if table != "trials":
-        return None
-    return {
-        results.TRIAL_PARAMS_KEY: canonical_json(spec.params()),
-        results.TRIAL_RUN_NAME_KEY: spec.run_name(),
-    }
-
-
-def run_merge_trial(
-    spec: TrialSpec,
-    store: CheckpointStore,
-    root: str | os.PathLike | Location,
-    *,
-    data_root: str | None = None,
-    workers: Any = 1,
-    loader_workers: int = 0,
-) -> dict[str, pd.DataFrame]:
-    """Align, interpolate, renormalise, evaluate; write the trial's Parquet files.
-
-    ``loader_workers``: DataLoader processes per pass worker for file-backed datasets (JPEG
-    decoding of ImageNet is the bottleneck there); in-memory tensors need none.
-    """
-    net_a, _ = store.load(spec.a.key())
-    net_b, _ = store.load(spec.b.key())
-    train, test = load_dataset(spec.a.dataset, data_root, limit=spec.a.data_limit)
-    if not isinstance(train, TensorDataset):
-        train = BatchPlan(train, spec.batch_size, loader_workers=loader_workers)
-        test = BatchPlan(test, spec.batch_size, loader_workers=loader_workers)
-    outcome = merge_for_spec(spec, net_a, net_b, train, test, workers=workers)
-    tables = trial_tables(spec, outcome)
-    key, root = spec.key(), Location.of(root)
-    for table in ("curves", "layers", "trials"):  # "trials" last: it marks the trial finished
-        results.write_rows(
-            root, table, spec.sweep, key, tables[table], extra="drop", metadata=_meta(spec, table)
-        )
-    return tables
 
 
 #: Seconds between two reports of a batch's finished units (and at its end). A report is a
@@ -354,7 +221,9 @@ def merge_trainable(
     reported without being computed again. Why batches: Tune's own bookkeeping per trial
     (placement group, actor reuse, state) cost the driver more than a tiny merge trial.
     """
-    _threads(cpus)
+    from .unit_work import run_merge_trial, set_threads
+
+    set_threads(cpus)
     batch = [trial_from_dict(d) for d in specs[config["trial"]]]
     executor: Any = 1
     if workers > 1 or any(spec.amp for spec in batch):
@@ -388,86 +257,6 @@ def merge_trainable(
         raise failed[0]
 
 
-def study_inputs(
-    spec: StudySpec,
-    store: CheckpointStore,
-    data_root: str | None,
-    workers: Any = 1,
-    loader_workers: int = 0,
-    *,
-    cpus_per_worker: float = 1.0,
-    gpus_per_worker: float = 0.0,
-    storage: Location | None = None,
-) -> StudyInputs:
-    """The datasets, plans and pass workers of one unit; curves fit data-parallel on Ray Train
-    workers of the given size when the endpoints' recipe asks for ``train_workers > 1``."""
-    ep = spec.endpoints[0]
-    train, test = load_dataset(ep.dataset, data_root, limit=ep.data_limit)
-    loaders = 0 if isinstance(train, TensorDataset) else loader_workers  # tensors need none
-    plans = [BatchPlan(d, spec.batch_size, loader_workers=loaders) for d in (train, test)]
-    fit: Any = fit_curve
-    if ep.train_workers > 1:
-        fit = functools.partial(
-            _fit_curve_on_ray_train,
-            ep=ep,
-            data_root=data_root,
-            cpus_per_worker=cpus_per_worker,
-            gpus_per_worker=gpus_per_worker,
-            storage=storage or Location.of(os.path.join(tempfile.gettempdir(), "repair-dist")),
-        )
-    return StudyInputs(store, train, test, plans[0], plans[1], workers, fit)
-
-
-def _fit_curve_on_ray_train(
-    net_a: Any, net_b: Any, train: Any, *, ep: EndpointConfig, **kwargs: Any
-) -> Any:
-    """``fit_curve``'s signature over :func:`fit_curve_data_parallel` (``train`` is ``ep``'s
-    training set, which every rank loads itself)."""
-    del train
-    return fit_curve_data_parallel(net_a, net_b, ep, **kwargs)
-
-
-def run_study_trial(
-    spec: StudySpec,
-    store: CheckpointStore,
-    root: str | os.PathLike | Location,
-    *,
-    data_root: str | None = None,
-    workers: Any = 1,
-    loader_workers: int = 0,
-    cpus_per_worker: float = 1.0,
-    gpus_per_worker: float = 0.0,
-) -> dict[str, pd.DataFrame]:
-    """Compute one study unit and write its tables, in the study's order (the last marks it
-    finished), each as ``<table>/sweep=<sweep>/<key>.parquet``: a rerun replaces, never adds."""
-    kind = study(spec.study)
-    root = Location.of(root)
-    inputs = study_inputs(
-        spec,
-        store,
-        data_root,
-        workers,
-        loader_workers,
-        cpus_per_worker=cpus_per_worker,
-        gpus_per_worker=gpus_per_worker,
-        storage=root.tune,
-    )
-    tables = kind.run(spec, inputs)
-    for table in kind.tables:
-        # The last file marks the unit finished and carries its MLflow params (sync-mlflow).
-        meta = None
-        if table == kind.tables[-1]:
-            meta = {
-                results.TRIAL_PARAMS_KEY: canonical_json(spec.params()),
-                results.TRIAL_RUN_NAME_KEY: spec.run_name(),
-                results.STUDY_KEY: spec.study,
-            }
-        results.write_rows(
-            root, table, spec.sweep, spec.key(), tables[table], extra="drop", metadata=meta
-        )
-    return tables
-
-
 def study_trainable(
     config: dict[str, Any],
     *,
@@ -483,7 +272,9 @@ def study_trainable(
 ) -> None:
     """Stage 2 (Tune) for a study unit: like a merge trial, shards its passes over workers;
     ``worker_cpus``/``worker_gpus`` size the Ray Train workers of data-parallel curves."""
-    _threads(cpus)
+    from .unit_work import run_study_trial, set_threads
+
+    set_threads(cpus)
     spec = StudySpec.from_dict(specs[config["study"]])
     executor: Any = 1
     if workers > 1 or amp:
@@ -501,3 +292,25 @@ def study_trainable(
         gpus_per_worker=worker_gpus,
     )
     tune.report({"units": [spec.key()], "done": 1})
+
+
+__all__ = [
+    "REPORT_EVERY",
+    "UnitReports",
+    "collapsed_total",
+    "endpoint_filters",
+    "endpoint_from_dict",
+    "endpoint_trainable",
+    "merge_for_spec",
+    "merge_trainable",
+    "register_endpoint",
+    "run_merge_trial",
+    "run_study_trial",
+    "study_inputs",
+    "study_trainable",
+    "train_endpoint",
+    "trial_from_dict",
+    "trial_tables",
+    "trial_to_dict",
+    "write_endpoint_rows",
+]
