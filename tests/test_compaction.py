@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from repair_dist.sweep.compaction import compact_sweep, compact_table
+from repair_dist.sweep.compaction import compact_sweep, compact_sweep_apart, compact_table
 from repair_dist.sweep.results import (
     PART_PREFIX,
     file_metadata,
@@ -195,3 +195,30 @@ def test_a_damaged_part_is_one_error_naming_its_directory(tmp_path: Path) -> Non
     Path(part).write_bytes(Path(part).read_bytes()[:100])  # truncated (a full disk, a crash)
     with pytest.raises(ValueError, match=r"results file under .*filters/sweep=s is damaged"):
         read_table(tmp_path, "filters", "s")
+
+
+def test_compaction_in_a_child_process_is_the_same_compaction(tmp_path: Path) -> None:
+    """The running sweep compacts in a child (its heap dies with it): same rows, same parts."""
+    for i in range(6):
+        key = f"{i:016x}"
+        write_rows(tmp_path, "filters", "s", key, _filters(key, i), metadata={"who": key})
+    before = _state(tmp_path, "s")
+
+    compact_sweep_apart(str(tmp_path), "s")
+
+    (part,) = partitions(tmp_path, "filters", "s")
+    assert not part.units and len(part.parts) == 1
+    assert _state(tmp_path, "s") == before
+    assert unit_metadata(tmp_path, "filters", "s")[f"{3:016x}"]["who"] == f"{3:016x}"
+
+
+def test_a_failed_child_compaction_is_one_oserror_naming_the_sweep(tmp_path: Path) -> None:
+    write_rows(tmp_path, "filters", "s", "b" * 16, _filters("b" * 16, 1))
+    compact_table(tmp_path, "filters", "s")
+    (part,) = partitions(tmp_path, "filters", "s")[0].parts
+    Path(part).write_bytes(Path(part).read_bytes()[:100])  # a damaged part the child must read
+    write_rows(tmp_path, "filters", "s", "c" * 16, _filters("c" * 16, 2))
+    with pytest.raises(
+        OSError, match=r"compacting sweep .s. under .* failed \(exit 1\): .*(Parquet|damaged)"
+    ):
+        compact_sweep_apart(str(tmp_path), "s")

@@ -21,10 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -168,4 +171,50 @@ def compact_sweep(root: str | os.PathLike | Location, sweep: str) -> list[Compac
     return [compact_table(root, table, sweep) for table in TABLES]
 
 
-__all__ = ["Compacted", "compact_sweep", "compact_table"]
+#: The directory holding the ``repair_dist`` package, for the child's import path.
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+def compact_sweep_apart(root: str | os.PathLike | Location, sweep: str) -> None:
+    """:func:`compact_sweep` in a short-lived child process; raises OSError if it fails.
+
+    Why: the driver of a long sweep compacts every few hundred units. Done in the driver, each
+    compaction's buffers (pyarrow's scans, the new part) leave the driver's heap fragmented:
+    its live memory stayed flat over 2,520 trials but its resident memory grew ~12 KB per
+    trial, memory the allocator kept and could not hand back. A child's heap goes away with
+    it. The child costs a Python start with pyarrow and pandas (~0.6 s of CPU) per
+    compaction; it runs under the parent's sweep lock, and compaction is safe to interrupt
+    at any point (see the module docstring), so a child outliving a killed driver is harmless.
+    """
+    loc = Location.of(root)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_PARENT, *paths])}
+    proc = subprocess.run(
+        [sys.executable, "-m", __name__, loc.uri, sweep],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        said = proc.stderr.strip().splitlines()
+        raise OSError(
+            f"compacting sweep {sweep!r} under {loc.uri} in a child process failed "
+            f"(exit {proc.returncode}): {said[-1] if said else 'no message'}"
+        )
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m repair_dist.sweep.compaction ROOT SWEEP`` (what :func:`compact_sweep_apart`
+    runs)."""
+    if len(argv) != 2:
+        print("usage: python -m repair_dist.sweep.compaction ROOT SWEEP", file=sys.stderr)
+        return 2
+    compact_sweep(argv[0], argv[1])
+    return 0
+
+
+__all__ = ["Compacted", "compact_sweep", "compact_sweep_apart", "compact_table"]
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
