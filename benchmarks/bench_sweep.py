@@ -18,9 +18,10 @@ Everything is a ratio or a per-trial cost measured in this run, on this machine:
       (target <= 0.05 s). Work in other processes (trials, Ray's daemons) is not in it,
       and nothing is subtracted;
     * driver memory: resident set when the Tune stage ends (after every compaction the
-      publisher ran during it) and the peak (``ru_maxrss``, which includes the end-of-sweep
-      compaction and figures), and their growth per added trial between consecutive N
-      (target: flat).
+      publisher ran during it) and the peak (``VmHWM``, which includes the end-of-sweep
+      compaction and figures; not ``ru_maxrss``, which Linux carries over from the bench's
+      own process through fork and exec), and their growth per added trial between
+      consecutive N (target: flat).
 (2) A no-op rerun of the largest sweep: wall time of ``repair-dist sweep SCRIPT`` in a fresh
     process, from exec to exit (target <= 3 s), and whether Ray was started (it should not).
 (3) ``repair-dist results`` over a sweep of 10,000 trials (``--results-trials``): wall time of
@@ -111,7 +112,7 @@ print("BENCH " + json.dumps({{
     "trials_run": out.trials_run, "endpoints_trained": out.endpoints_trained,
     "run_s": t1 - t0, "cpu_s": c1 - c0, "children_cpu_s": k1 - k0, "process_cpu_s": c1 - cpu0,
     "fits": marks.get("fits", []), "drained": marks.get("drained"), "end": t1,
-    "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "maxrss_kb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]),
     "ray_started": ray.is_initialized(), "mlflow_problems": len(out.mlflow_problems),
 }}))
 """
