@@ -10,11 +10,26 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "repair_dist"
+
+
+def _fresh_interpreter(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new Python (nothing imported yet), from the checkout; it must pass."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PACKAGE.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
 
 
 def _module_name(path: Path) -> str:
@@ -149,8 +164,6 @@ def test_the_checker_sees_imports_inside_functions():
 def test_the_public_api_loads_lazily_and_results_queries_load_no_torch(tmp_path: Path) -> None:
     """``import repair_dist`` and ``repair-dist results`` start without torch (seconds saved
     on every query); every public name still resolves to the function, not a submodule."""
-    import subprocess
-    import sys
 
     code = (
         "import sys\n"
@@ -163,14 +176,7 @@ def test_the_public_api_loads_lazily_and_results_queries_load_no_torch(tmp_path:
         "import repair_dist.perm as perm\n"
         "print(sorted(rd.__all__) == sorted(rd._API) and sorted(perm.__all__) == sorted(perm._API))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=PACKAGE.parent,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _fresh_interpreter(code)
     assert proc.stdout.split()[-3:] == ["False", "repair_dist.prune", "True"], proc.stdout
 
 
@@ -179,8 +185,6 @@ def test_planning_and_validating_a_sweep_load_no_torch(tmp_path: Path) -> None:
     command line, the sweep's model, its validation (no model builds) and the runner's planning
     read torch-free catalogs, so it starts in a fraction of a second instead of paying torch's
     import. The studies' configs are on so that their validation and specs are covered too."""
-    import subprocess
-    import sys
 
     code = (
         "import sys\n"
@@ -204,14 +208,7 @@ def test_planning_and_validating_a_sweep_load_no_torch(tmp_path: Path) -> None:
         "print(len(plan.train), len(plan.pending), len(plan.units_pending), len(keys))\n"
         "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('torch')))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=PACKAGE.parent,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _fresh_interpreter(code)
     counts, loaded = proc.stdout.splitlines()[-2:]
     # Nothing stored yet: 5 nets (mlp 2 widths x 2 depths, resnet20) x 3 seeds to train (seed
     # 2 for the 3-net merges); 5 nets x pair (0, 1) x 2 default methods; 5 curves, 15 pruned
@@ -225,8 +222,6 @@ def test_the_sweep_drivers_trainables_and_ray_layer_load_no_torch() -> None:
     the driver imports it), and releasing pools that were never made imports no pool: a sweep
     whose endpoints are all stored runs its driver without torch. The compute behind them
     still answers to its old names there."""
-    import subprocess
-    import sys
 
     code = (
         "import sys\n"
@@ -237,12 +232,5 @@ def test_the_sweep_drivers_trainables_and_ray_layer_load_no_torch() -> None:
         "print('torch' in sys.modules, {f.__module__ for f in entry} == {t.__name__})\n"
         "print(t.run_merge_trial.__module__, 'torch' in sys.modules)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=PACKAGE.parent,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _fresh_interpreter(code)
     assert proc.stdout.split()[-4:] == ["False", "True", "repair_dist.sweep.unit_work", "True"]

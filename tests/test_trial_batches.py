@@ -74,19 +74,20 @@ def test_a_failing_unit_does_not_stop_the_rest_of_its_batch(ray_ready, tmp_path:
 def test_compacting_while_trials_run_loses_and_doubles_nothing(
     ray_ready, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The publisher compacts the tables every ``COMPACT_EVERY`` units while later trials still
-    write theirs: every row lands and is logged once, and a rerun finds everything done."""
+    """The publisher compacts the tables every ``COMPACT_EVERY`` units (in a child process)
+    while later trials still write theirs: every row lands and is logged once, and a rerun
+    finds everything done."""
     from repair_dist.sweep import compaction, publish
 
     monkeypatch.setattr(publish, "COMPACT_EVERY", 2)
     compacted: list[str] = []
-    real = compaction.compact_sweep
+    real = compaction.compact_sweep_apart
 
     def counting(root, sweep):  # noqa: ANN001
         compacted.append(sweep)
         return real(root, sweep)
 
-    monkeypatch.setattr(compaction, "compact_sweep", counting)
+    monkeypatch.setattr(compaction, "compact_sweep_apart", counting)
     sweep = tiny_sweep("compact-live", seeds=(0, 1, 2, 3))
     out = run_sweep(sweep, root=tmp_path)
     assert out.trials_run == len(sweep.trials()) == 4
