@@ -21,7 +21,9 @@ Everything is a ratio or a per-trial cost measured in this run, on this machine:
       publisher ran during it) and the peak (``VmHWM``, which includes the end-of-sweep
       compaction and figures; not ``ru_maxrss``, which Linux carries over from the bench's
       own process through fork and exec), and their growth per added trial between
-      consecutive N (target: flat).
+      consecutive N (target: flat); and within one run, the RSS after each in-run
+      compaction against the units published so far (separate runs differ by more than
+      the slope: Tune's start, batch sizes, concurrency).
 (2) A no-op rerun of the largest sweep: wall time of ``repair-dist sweep SCRIPT`` in a fresh
     process, from exec to exit (target <= 3 s), and whether Ray was started (it should not).
 (3) ``repair-dist results`` over a sweep of 10,000 trials (``--results-trials``): wall time of
@@ -99,7 +101,15 @@ def timed_fit(*a, **k):
 def timed_drain(self):
     drain(self)
     marks["drained"] = time.monotonic()
+published, compact, publish_one = [0], publish.TrialPublisher._compact, publish.TrialPublisher.publish
+def counted_publish(self, spec):
+    published[0] += 1
+    return publish_one(self, spec)
+def compact_marked(self, sweep):
+    compact(self, sweep)
+    marks.setdefault("compactions", []).append((published[0], rss_kb()))
 runner._fit, publish.TrialPublisher.drain = timed_fit, timed_drain
+publish.TrialPublisher.publish, publish.TrialPublisher._compact = counted_publish, compact_marked
 sweep = module.build_sweep()
 def children_cpu():
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -112,6 +122,7 @@ print("BENCH " + json.dumps({{
     "trials_run": out.trials_run, "endpoints_trained": out.endpoints_trained,
     "run_s": t1 - t0, "cpu_s": c1 - c0, "children_cpu_s": k1 - k0, "process_cpu_s": c1 - cpu0,
     "fits": marks.get("fits", []), "drained": marks.get("drained"), "end": t1,
+    "compactions": marks.get("compactions", []),
     "maxrss_kb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]),
     "ray_started": ray.is_initialized(), "mlflow_problems": len(out.mlflow_problems),
 }}))
@@ -160,6 +171,7 @@ def overhead_point(script: str, scratch: str, store: str, seeds: int, widths: st
         "backlog_s": (m["drained"] - end) if m["drained"] else 0.0,
         "driver_cpu_per_trial": (m["cpu_s"] + m["children_cpu_s"]) / n,
         "compaction_children_cpu_s": m["children_cpu_s"],
+        "rss_after_compactions": m["compactions"],
         "maxrss_mb": m["maxrss_kb"] / 1024,
         "rss_tune_end_mb": rss_tune_end / 1024,
         "mlflow_problems": m["mlflow_problems"],
@@ -332,6 +344,13 @@ def main() -> None:
             after = 1024 * (large["rss_tune_end_mb"] - small["rss_tune_end_mb"]) / span
             peak = 1024 * (large["maxrss_mb"] - small["maxrss_mb"]) / span
             print(f"  N={small['n']} -> {large['n']}: {after:+.1f} KB / {peak:+.1f} KB")
+        print("driver RSS within one run, after each in-run compaction (units published: MB):")
+        for r in rows:
+            marks = r["rss_after_compactions"]
+            if len(marks) >= 2:
+                (u0, k0), (u1, k1) = marks[0], marks[-1]
+                seq = ", ".join(f"{u}: {k / 1024:.0f}" for u, k in marks)
+                print(f"  N={r['n']}: {seq}; {(k1 - k0) / (u1 - u0):+.1f} KB per trial")
         big = rows[-1]
         noop = noop_rerun(script, big["root"], store, sweep_env(*points[-1]))
         print(
