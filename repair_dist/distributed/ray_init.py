@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 # Before Ray is imported anywhere through this package: no usage reporting, loopback branch.
@@ -26,11 +25,11 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402
 
+from .._pythonpath import pythonpath_with_package  # noqa: E402
+
 LOOPBACK = "127.0.0.1"
 #: Seconds that joining a cluster waits for its address to accept a connection.
 CONNECT_TIMEOUT_S = 10.0
-#: Directory that holds the ``repair_dist`` package: put on the workers' PYTHONPATH.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @contextlib.contextmanager
@@ -48,9 +47,7 @@ def _loopback_branch() -> Iterator[None]:
 
 def _export_package_path() -> None:
     """Workers inherit the environment of the local raylet: let them import ``repair_dist``."""
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if _PACKAGE_ROOT not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *parts])
+    os.environ["PYTHONPATH"] = pythonpath_with_package(os.environ.get("PYTHONPATH"))
 
 
 def init_local_ray(num_cpus: int | None = None, **kw: Any) -> Any:

@@ -27,7 +27,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from .._pythonpath import pythonpath_with_package
 from ..location import TABLES, Location
 from ..storage import writing
 from .results import (
@@ -171,10 +171,6 @@ def compact_sweep(root: str | os.PathLike | Location, sweep: str) -> list[Compac
     return [compact_table(root, table, sweep) for table in TABLES]
 
 
-#: The directory holding the ``repair_dist`` package, for the child's import path.
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-
-
 def compact_sweep_apart(root: str | os.PathLike | Location, sweep: str) -> None:
     """:func:`compact_sweep` in a short-lived child process; raises OSError if it fails.
 
@@ -187,8 +183,7 @@ def compact_sweep_apart(root: str | os.PathLike | Location, sweep: str) -> None:
     at any point (see the module docstring), so a child outliving a killed driver is harmless.
     """
     loc = Location.of(root)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_PARENT, *paths])}
+    env = {**os.environ, "PYTHONPATH": pythonpath_with_package(os.environ.get("PYTHONPATH"))}
     proc = subprocess.run(
         [sys.executable, "-m", __name__, loc.uri, sweep],
         env=env,

@@ -642,9 +642,6 @@ class Tracker:
         sweep's only writer, a run that does not exist yet, a sqlite store."""
         if not (self.exclusive and tag == "trial_key") or key in self._runs_by_key():
             return None
-        return self._run_writer()
-
-    def _run_writer(self) -> RunWriter | None:
         if self._writer is None:
             from .run_writer import RunWriter, sql_store
 
