@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .allocator import prefer_system_allocator
+from .allocator import prefer_arrow_allocator
 
-prefer_system_allocator()  # before pyarrow is imported: flat driver memory (see .allocator)
+prefer_arrow_allocator()  # before pyarrow is imported: flat driver memory (see .allocator)
 
 from .location import TABLES  # noqa: E402
 

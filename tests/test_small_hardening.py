@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pyarrow as pa
@@ -162,6 +163,64 @@ def test_progress_counts_a_retried_trial_once(
     assert not results.errors and (tmp_path / "retried").exists()  # it did fail, then pass
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[t]")]
     assert lines[-1].startswith("[t] 2/2 done, 0 running, 0 failed"), lines
+
+
+def test_progress_counts_batched_units_once_and_keeps_no_key_of_an_ended_trial(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Batches report their units as they finish, a retried batch reports them again; once a
+    Tune trial ends only its count is kept (the driver's memory follows Tune trials)."""
+    progress = Progress("b", 6, every=0.0)
+    first, second, plain = (SimpleNamespace(trial_id=i) for i in ("t1", "t2", "t3"))
+    progress.on_trial_start(0, [], first)
+    progress.on_trial_result(0, [], first, {"units": ["a", "b"]})
+    progress.on_trial_recover(0, [], first)  # its node died: Tune starts it again
+    progress.on_trial_start(0, [], first)
+    progress.on_trial_result(0, [], first, {"units": ["a", "b"]})  # reported again
+    progress.on_trial_result(0, [], first, {"units": ["c"]})
+    assert (progress.done, progress.running) == (3, 1)
+    progress.on_trial_complete(0, [], first)
+    progress.on_trial_start(0, [], second)
+    progress.on_trial_result(0, [], second, {"units": ["d"]})
+    progress.on_trial_error(0, [], second)  # failed for good after finishing one unit
+    progress.on_trial_start(0, [], plain)
+    progress.on_trial_complete(0, [], plain)  # a trial without units counts once
+    progress.on_trial_complete(0, [], plain)  # reported twice: still once
+    assert (progress.done, progress.running, progress.failed) == (5, 0, 1)
+    assert progress._units == {}  # no unit key outlives its Tune trial
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("[b] 5/6 done, 0 running, 1 failed"), last
+
+
+def test_tune_saves_its_experiment_state_when_a_fit_starts_and_ends_only(
+    ray_ready, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune's default saves every trial's state every 10 s into ever longer strings, which
+    fragmented the driver's heap; sweeps resume by content, so Tune saves at the ends only."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    saves: list[float] = []
+    save = TuneController.save_to_dir
+
+    def counted(self: TuneController) -> None:
+        saves.append(time.monotonic())
+        save(self)
+
+    monkeypatch.setattr(TuneController, "save_to_dir", counted)
+
+    def _reports_for_12_s(config: dict) -> None:
+        for _ in range(24):
+            time.sleep(0.5)
+            tune.report({"step": 1})
+
+    tuner = tune.Tuner(
+        tune.with_resources(_reports_for_12_s, {"cpu": 1}),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    )
+    started = time.monotonic()
+    assert not tuner.fit().errors
+    assert time.monotonic() - started > 12  # Tune's own period (10 s) has passed
+    assert len(saves) == 2, saves  # its first step and the end of the fit
 
 
 # ---- MLflow outage: warned once ------------------------------------------------------------

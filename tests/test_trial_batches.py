@@ -17,7 +17,14 @@ import repair_dist as rd
 from repair_dist.location import Location
 from repair_dist.store import CheckpointStore
 from repair_dist.sweep import results
-from repair_dist.sweep.runner import batch_size, run_sweep, trial_batches
+from repair_dist.sweep.runner import (
+    MAX_BATCHES_PER_SLOT,
+    MIN_BATCHES_PER_SLOT,
+    PREFERRED_BATCH,
+    batch_size,
+    run_sweep,
+    trial_batches,
+)
 from repair_dist.sweep.tracking import default_tracking_uri
 from repair_dist.sweep.trainables import merge_trainable, trial_to_dict
 
@@ -41,6 +48,24 @@ def test_batches_and_their_automatic_size() -> None:
     assert [len(b) for b in batches.values()] == [3, 3, 2]
     assert [t for b in batches.values() for t in b] == specs  # every trial once, in order
     assert batch_size(dataclasses.replace(sweep, trial_batch=5), 1000) == 5
+
+
+def test_automatic_batches_bound_the_tune_trials_of_a_fit() -> None:
+    """Tune keeps every trial of a fit until it ends: past a few thousand merge trials the
+    batches grow instead of multiplying, so the driver's memory is bounded by the slots."""
+    sweep = tiny_sweep("sizes")
+    for slots in (1, 2, 7, 64):
+        for pending in (1, 5, 30, 100, 630, 1260, 2520, 10_000, 123_457):
+            size = batch_size(sweep, pending, slots)
+            tune_trials = -(-pending // size)  # what trial_batches makes of them
+            assert tune_trials <= MAX_BATCHES_PER_SLOT * slots, (slots, pending, size)
+            if size > PREFERRED_BATCH:  # grown only as far as the bound needs
+                assert -(-pending // (size - 1)) > MAX_BATCHES_PER_SLOT * slots
+            if pending >= MIN_BATCHES_PER_SLOT * slots:  # enough to keep every slot busy
+                assert tune_trials >= MIN_BATCHES_PER_SLOT * slots, (slots, pending, size)
+    assert batch_size(sweep, 30, 2) == 1  # small sweeps: one Tune trial per merge trial
+    assert batch_size(sweep, 1260, 2) == PREFERRED_BATCH
+    assert batch_size(sweep, 10_000, 2) == 79  # ceil(10000 / 128)
 
 
 def test_a_failing_unit_does_not_stop_the_rest_of_its_batch(ray_ready, tmp_path: Path) -> None:

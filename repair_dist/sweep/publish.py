@@ -95,21 +95,26 @@ class Progress(tune.Callback):
     in its results) and counts once per unit; any other trial counts once when it completes.
     Counted per id, not per event: Tune starts a retried trial again after
     ``on_trial_recover`` (and may report a trial twice), so event counts drifted
-    ("10/12 done, 4 running" at the end of a sweep with retries).
+    ("10/12 done, 4 running" at the end of a sweep with retries). A running trial's units are
+    kept by key (a retry reports them again); an ended trial's only as a count, so the
+    callback's memory follows the Tune trials, not the merge trials.
     """
 
     def __init__(self, stage: str, total: int, every: float = 2.0) -> None:
         self.stage, self.total, self.every = stage, total, every
         self._running: set[str] = set()
-        self._done: set[str] = set()
         self._failed: set[str] = set()
-        self._batches: set[str] = set()  # trials that report their units one by one
+        #: Units reported by each batch trial not ended yet (a retry reports them again) ...
+        self._units: dict[str, set[str]] = {}
+        #: ... folded into a count when the trial ends (1 for a plain trial that completed):
+        #: the driver keeps a number per Tune trial, not a key per unit.
+        self._ended: dict[str, int] = {}
         self.started = time.monotonic()
         self._last_line = -float("inf")
 
     @property
     def done(self) -> int:
-        return len(self._done)
+        return sum(self._ended.values()) + sum(len(units) for units in self._units.values())
 
     @property
     def running(self) -> int:
@@ -118,6 +123,10 @@ class Progress(tune.Callback):
     @property
     def failed(self) -> int:
         return len(self._failed)
+
+    def _end(self, trial_id: str, finished: int) -> None:
+        """Fold an ended trial's units into the count (once per trial)."""
+        self._ended[trial_id] = max(self._ended.get(trial_id, 0), finished)
 
     def _line(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -146,24 +155,26 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         units = result.get("units")
-        if units:
-            self._batches.add(trial.trial_id)
-            fresh = [unit for unit in units if unit not in self._done]
-            if fresh:
-                self._done.update(fresh)
+        if units and trial.trial_id not in self._ended:
+            reported = self._units.setdefault(trial.trial_id, set())
+            before = len(reported)
+            reported.update(units)
+            if len(reported) > before:
                 self._line()
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._running.discard(trial.trial_id)
         self._failed.discard(trial.trial_id)
-        if trial.trial_id not in self._batches:
-            self._done.add(trial.trial_id)
+        units = self._units.pop(trial.trial_id, None)
+        self._end(trial.trial_id, 1 if units is None else len(units))  # a plain trial: 1
         self._line()
 
     def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._running.discard(trial.trial_id)
-        if trial.trial_id not in self._done:
+        units = self._units.pop(trial.trial_id, set())
+        if trial.trial_id not in self._ended:  # not a trial that completed before
             self._failed.add(trial.trial_id)
+        self._end(trial.trial_id, len(units))  # the units it finished before failing
         self._line(force=True)
 
 

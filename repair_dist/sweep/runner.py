@@ -179,13 +179,16 @@ def _fit(
     """Run one Tune trial per key of ``specs``; returns the errors of trials that failed for
     good. The configs hold only the keys (``config[item]``): ``specs``, ``root`` and ``params``
     reach the trainable once through ``with_parameters``, since Tune copies and serialises every
-    trial's config many times."""
+    trial's config many times. ``with_parameters`` puts them in Ray's object store at once, so
+    the driver drops its own copy of ``specs`` (about 1.3 KB per merge trial) for the fit."""
     from .tune_setup import tune
 
+    keys = list(specs)
     fn = tune.with_parameters(trainable, specs=specs, root=root, **params)
+    del specs  # the trainable reads the object store's copy; the caller passes a temporary
     tuner = tune.Tuner(
         tune.with_resources(fn, resources),
-        param_space={item: tune.grid_search(list(specs))},
+        param_space={item: tune.grid_search(keys)},
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(
             name=name,
@@ -424,11 +427,35 @@ def _run_units(
     return failed
 
 
-def batch_size(sweep: Sweep, pending: int) -> int:
-    """Merge trials per Tune trial: ``sweep.trial_batch``, or automatic: at least 8 batches
-    per concurrent trial slot (so the cores stay busy to the end), at most 16 trials each."""
+#: Automatic batches: at least this many per concurrent trial slot (the cores stay busy to
+#: the end of the stage) ...
+MIN_BATCHES_PER_SLOT = 8
+#: ... of at most this many merge trials, until the batches per slot reach
+#: :data:`MAX_BATCHES_PER_SLOT`.
+PREFERRED_BATCH = 16
+#: Beyond that, batches grow instead of multiplying: Tune keeps every trial of a fit (its
+#: state and per-metric statistics, about 14 KB each) until the fit ends, so the number of
+#: Tune trials, and with it the driver's memory, stays bounded by the cluster's slots and
+#: not by the number of merge trials. The last batches of a slot leave it idle for at most
+#: one batch, a 64th of its share of the stage.
+MAX_BATCHES_PER_SLOT = 64
+
+
+def batch_size(sweep: Sweep, pending: int, slots: int | None = None) -> int:
+    """Merge trials per Tune trial: ``sweep.trial_batch``, or automatic: between
+    :data:`MIN_BATCHES_PER_SLOT` and :data:`MAX_BATCHES_PER_SLOT` batches per concurrent
+    trial slot (``slots``, default :func:`trial_slots`), of up to :data:`PREFERRED_BATCH`
+    trials while that keeps them within."""
     if sweep.trial_batch is not None:
         return int(sweep.trial_batch)
+    slots = trial_slots(sweep) if slots is None else slots
+    preferred = min(PREFERRED_BATCH, pending // (MIN_BATCHES_PER_SLOT * slots))
+    bounded = -(-pending // (MAX_BATCHES_PER_SLOT * slots))  # ceil: at most MAX per slot
+    return max(1, preferred, bounded)
+
+
+def trial_slots(sweep: Sweep) -> int:
+    """How many Tune trials of ``sweep`` the cluster runs at once (its CPUs; the cap)."""
     import ray
 
     per_trial = float(sweep.cpus_per_worker)
@@ -437,7 +464,7 @@ def batch_size(sweep: Sweep, pending: int) -> int:
     slots = max(1, int(float(ray.cluster_resources().get("CPU", 1)) // max(per_trial, 1e-9)))
     if sweep.max_concurrent_trials:
         slots = min(slots, int(sweep.max_concurrent_trials))
-    return max(1, min(16, pending // (8 * slots)))
+    return slots
 
 
 def trial_batches(trials: Sequence[TrialSpec], size: int) -> dict[str, list[TrialSpec]]:
