@@ -179,6 +179,12 @@ def overhead_point(script: str, scratch: str, store: str, seeds: int, widths: st
     }
 
 
+def _slope(marks: list) -> float:
+    """KB of driver RSS per published unit, first mark to last: [(units, rss_kb), ...]."""
+    (u0, k0), (u1, k1) = marks[0], marks[-1]
+    return (k1 - k0) / (u1 - u0)
+
+
 def noop_rerun(script: str, root: str, store: str, env: dict[str, str]) -> dict[str, Any]:
     """Part 2: ``repair-dist sweep SCRIPT`` on a finished sweep, exec to exit."""
     probe = os.path.join(root, "ray-probe")
@@ -294,7 +300,13 @@ def main() -> None:
     points = (
         [(6, "16"), (10, "16,24")]
         if args.quick
-        else [(6, "16"), (10, "16,24,32"), (15, "16,20,24"), (15, "16,20,24,28,32,36")]
+        else [
+            (6, "16"),
+            (10, "16,24,32"),
+            (15, "16,20,24"),
+            (15, "16,20,24,28,32,36"),
+            (21, "16,20,24,28,32,36"),
+        ]
     )
     n_results = args.results_trials or (2000 if args.quick else 10000)
     scratch = args.keep or tempfile.mkdtemp(prefix="bench-sweep-")
@@ -348,9 +360,11 @@ def main() -> None:
         for r in rows:
             marks = r["rss_after_compactions"]
             if len(marks) >= 2:
-                (u0, k0), (u1, k1) = marks[0], marks[-1]
-                seq = ", ".join(f"{u}: {k / 1024:.0f}" for u, k in marks)
-                print(f"  N={r['n']}: {seq}; {(k1 - k0) / (u1 - u0):+.1f} KB per trial")
+                seq = ", ".join(f"{u}: {k / 1024:.1f}" for u, k in marks)
+                slopes = [f"{_slope(marks):+.1f} KB per trial from the first"]
+                if len(marks) >= 3:  # the first interval: Tune's and MLflow's caches filling
+                    slopes.append(f"{_slope(marks[1:]):+.1f} from the second")
+                print(f"  N={r['n']}: {seq}; {', '.join(slopes)}")
         big = rows[-1]
         noop = noop_rerun(script, big["root"], store, sweep_env(*points[-1]))
         print(

@@ -398,11 +398,18 @@ class Sweep:
         """Every stage-2 trial, deduplicated, in grid order (arch combo, pair, method)."""
         alphas = self.alpha_grid()
         out: dict[TrialSpec, None] = {}
+        shared: dict[tuple, EndpointConfig] = {}  # one object (and key hash) per endpoint
+
+        def endpoint(*fields: Any) -> EndpointConfig:
+            if fields not in shared:
+                shared[fields] = self._endpoint(*fields)
+            return shared[fields]
+
         for arch in self.archs:
             for width, depth, norm in arch.combos():
                 for seed_a, seed_b in self.seed_pairs():
-                    a = self._endpoint(arch.model, width, depth, norm, seed_a)
-                    b = self._endpoint(arch.model, width, depth, norm, seed_b)
+                    a = endpoint(arch.model, width, depth, norm, seed_a)
+                    b = endpoint(arch.model, width, depth, norm, seed_b)
                     for method in self.methods:
                         spec = TrialSpec(
                             self.name,

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -166,7 +166,7 @@ def _fit(
     trainable: Any,
     name: str,
     item: str,
-    specs: Mapping[str, Any],
+    specs: dict[str, Any],
     resources: Any,
     *,
     root: Location,
@@ -180,12 +180,17 @@ def _fit(
     good. The configs hold only the keys (``config[item]``): ``specs``, ``root`` and ``params``
     reach the trainable once through ``with_parameters``, since Tune copies and serialises every
     trial's config many times. ``with_parameters`` puts them in Ray's object store at once, so
-    the driver drops its own copy of ``specs`` (about 1.3 KB per merge trial) for the fit."""
+    ``specs`` is emptied then: the driver keeps no copy of its own for the fit (about 1.3 KB
+    per merge trial; the caller's reference lives as long as the call, so the dict is
+    cleared, not merely dropped here)."""
+    import ray
+
     from .tune_setup import tune
 
     keys = list(specs)
     fn = tune.with_parameters(trainable, specs=specs, root=root, **params)
-    del specs  # the trainable reads the object store's copy; the caller passes a temporary
+    if ray.is_initialized():  # then with_parameters has put ``specs`` in the object store
+        specs.clear()
     tuner = tune.Tuner(
         tune.with_resources(fn, resources),
         param_space={item: tune.grid_search(keys)},
