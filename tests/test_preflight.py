@@ -79,6 +79,23 @@ def test_every_problem_of_a_sweep_is_listed_in_one_message_before_ray_starts(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+def test_a_bad_tune_state_period_in_the_environment_is_one_line_before_ray_starts(
+    tmp_path, capsys, monkeypatch
+):
+    script = tmp_path / "preflight.py"
+    script.write_text(SCRIPT.replace("gpus_per_worker=1", "gpus_per_worker=0"))
+    args = ["sweep", str(script), "--root", str(tmp_path / "results")]
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "bogus")
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "  - environment TUNE_GLOBAL_CHECKPOINT_S='bogus': Tune reads seconds" in err, err
+    assert "could not convert" not in err and "Traceback" not in err
+    for fine in ("auto", "30"):  # Tune's own values pass (the sweep's epochs=0 still fails)
+        monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", fine)
+        assert cli_main(args) == 2
+        assert "TUNE_GLOBAL_CHECKPOINT_S" not in capsys.readouterr().err
+
+
 def test_check_writable_passes_a_good_directory_and_leaves_no_probe(tmp_path):
     assert check_writable("results root", Location.of(tmp_path / "new" / "dir")) is None
     assert list(tmp_path.iterdir()) == []  # not even the directories it made for the probe

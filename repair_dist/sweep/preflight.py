@@ -56,6 +56,28 @@ def _tracking_problem(uri: str) -> str | None:
     return check_writable("MLflow store directory of --tracking-uri", Location.of(directory))
 
 
+#: Tune's experiment-state period; :mod:`.tune_setup` sets its default (not imported here:
+#: checking a sweep imports no Tune).
+TUNE_STATE_PERIOD_VARIABLE = "TUNE_GLOBAL_CHECKPOINT_S"
+
+
+def _tune_environment_problem() -> str | None:
+    """A value of :data:`TUNE_STATE_PERIOD_VARIABLE` Tune would fail on after Ray started."""
+    value = os.environ.get(TUNE_STATE_PERIOD_VARIABLE)
+    if value is None or value == "auto":
+        return None
+    try:
+        if float(value) >= 0:
+            return None
+    except ValueError:
+        pass
+    return (
+        f"environment {TUNE_STATE_PERIOD_VARIABLE}={value!r}: Tune reads seconds >= 0 or "
+        "'auto'; unset it to let repair-dist's default save Tune's state when a fit starts "
+        "and ends"
+    )
+
+
 def preflight(
     sweep: Sweep,
     root: Any,
@@ -89,6 +111,8 @@ def preflight(
         problem = check_writable("checkpoint store (--store)", store_loc)
     problems += [problem] if problem else []
     if tracking_uri is not None and (problem := _tracking_problem(tracking_uri)):
+        problems.append(problem)
+    if problem := _tune_environment_problem():
         problems.append(problem)
     if problems:
         raise SweepConfigError(problems, sweep.name if isinstance(sweep.name, str) else None)
